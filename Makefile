@@ -1,0 +1,38 @@
+# The course's commands. Each target creates .venv on first use (Python 3.10+ and make are all
+# it needs). Override the interpreter with `make PYTHON=python3.11 ...`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: course test lab bench lint clean-data help
+
+help:
+	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"
+	@echo "make test    lint, unit tests and every notebook under nbmake"
+	@echo "make lab     open JupyterLab on notebooks/"
+	@echo "make bench   run the benchmarks (figures in benchmarks/results/)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	@touch $(STAMP)
+
+course: $(STAMP)
+	$(BIN)/python scripts/run_course.py
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests --nbmake notebooks --nbmake-timeout=900
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
