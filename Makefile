@@ -1,4 +1,4 @@
-# The course's commands. Each target creates .venv on first use (Python 3.10+ and make are all
+# The course's commands. Each target creates .venv on first use (Python 3.11+ and make are all
 # it needs). Override the interpreter with `make PYTHON=python3.11 ...`.
 PYTHON ?= python3
 VENV := .venv
