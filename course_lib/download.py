@@ -51,8 +51,9 @@ def fetch(
 
     last_error: Exception | None = None
     for attempt in range(1, retries + 1):
-        bar = tqdm(unit="B", unit_scale=True, desc=path.name, disable=not progress, leave=False)
-        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout_seconds)
+        # pooch sets the bar's total from Content-Length; a total of 1 keeps bool(bar) true until then.
+        bar = tqdm(total=1, unit="B", unit_scale=True, desc=path.name, leave=False) if progress else None
+        downloader = pooch.HTTPDownloader(progressbar=bar or False, timeout=timeout_seconds)
         try:
             pooch.retrieve(url, known_hash, fname=path.name, path=path.parent, downloader=downloader)
         except ValueError as exc:  # pooch's checksum mismatch; it already removed the bad file
@@ -70,7 +71,8 @@ def fetch(
                 time.sleep(min(2.0 * attempt, 10.0))
             continue
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
         if md5 is None:
             print(f"{path.name}: no published md5; the downloaded file has md5 {file_md5(path)}.")
         return path

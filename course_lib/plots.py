@@ -42,6 +42,28 @@ def plot_log_mel(
     return ax
 
 
+def plot_spectrogram(
+    values: np.ndarray, hop_seconds: float = 0.020, max_hz: float | None = None, ylabel: str = "frequency (Hz)",
+    label: str = "power", title: str = "", ax: plt.Axes | None = None,
+) -> plt.Axes:
+    """A (T, bins) spectrogram as an image: time across, bins up (spanning 0..max_hz when given)."""
+    ax = _axes(ax, (8, 3))
+    top = max_hz if max_hz is not None else values.shape[1]
+    image = ax.imshow(values.T, origin="lower", aspect="auto", cmap="magma", extent=(0, values.shape[0] * hop_seconds, 0, top))
+    ax.set(xlabel="time (s)", ylabel=ylabel, title=title)
+    plt.colorbar(image, ax=ax, label=label)
+    return ax
+
+
+def plot_filter_bank(filter_bank: np.ndarray, sample_rate: int, title: str = "", ax: plt.Axes | None = None) -> plt.Axes:
+    """Each mel filter of an (n_mels, n_fft // 2 + 1) bank as a triangle over frequency in Hz."""
+    ax = _axes(ax, (8, 3))
+    frequencies = np.linspace(0, sample_rate / 2, filter_bank.shape[1])
+    ax.plot(frequencies, filter_bank.T, linewidth=0.8)
+    ax.set(xlabel="frequency (Hz)", ylabel="weight", title=title, xlim=(0, sample_rate / 2))
+    return ax
+
+
 def plot_histogram(
     values: np.ndarray, bins: int | np.ndarray = 30, xlabel: str = "", title: str = "", ax: plt.Axes | None = None
 ) -> plt.Axes:
@@ -65,4 +87,48 @@ def plot_bar(labels: list[str], values: list[float], xlabel: str = "", title: st
 # --- encoders (notebook 03) --------------------------------------------------------------
 
 
+def plot_time_steps(
+    seconds: np.ndarray, steps: np.ndarray, min_seconds: float, title: str = "", ax: plt.Axes | None = None
+) -> plt.Axes:
+    """Time steps left after the encoder's poolings against clip length, with the shortest usable clip marked."""
+    ax = _axes(ax, (7, 3))
+    ax.step(seconds, steps, where="post", color="tab:blue")
+    ax.axvline(min_seconds, color="tab:red", linestyle="--", label=f"minimum clip ({min_seconds:.2f} s)")
+    ax.set(xlabel="clip length (s)", ylabel="time steps after block 6", title=title, xlim=(0, seconds[-1]))
+    ax.legend(loc="upper left")
+    return ax
+
+
+
 # --- text (notebook 04) -------------------------------------------------------------------
+
+
+def plot_similarity_histograms(
+    groups: dict[str, np.ndarray], bins: int = 40, xlabel: str = "cosine similarity", title: str = "", ax: plt.Axes | None = None
+) -> plt.Axes:
+    """Overlaid density histograms on shared bins, one per named group (e.g. same clip vs other clips)."""
+    ax = _axes(ax, (7, 3))
+    values = np.concatenate([np.ravel(group) for group in groups.values()])
+    edges = np.linspace(values.min(), values.max(), bins + 1)
+    for name, group in groups.items():
+        ax.hist(np.ravel(group), bins=edges, density=True, alpha=0.55, label=f"{name} (median {np.median(group):.2f})")
+    ax.set(xlabel=xlabel, ylabel="density", title=title)
+    ax.legend()
+    return ax
+
+
+def plot_similarity_heatmap(
+    similarity: np.ndarray, group_labels: list[str], group_size: int = 5, title: str = "", ax: plt.Axes | None = None
+) -> plt.Axes:
+    """A square similarity matrix whose rows come in groups (e.g. 5 captions per clip), groups outlined."""
+    ax = _axes(ax, (6, 5))
+    image = ax.imshow(similarity, cmap="viridis", vmin=min(0.0, float(similarity.min())), vmax=1.0)
+    for boundary in np.arange(group_size, len(similarity), group_size) - 0.5:
+        ax.axhline(boundary, color="white", linewidth=1.5)
+        ax.axvline(boundary, color="white", linewidth=1.5)
+    centres = np.arange(len(group_labels)) * group_size + (group_size - 1) / 2
+    ax.set_xticks(centres, group_labels, rotation=30, ha="right")
+    ax.set_yticks(centres, group_labels)
+    ax.set(title=title)
+    plt.colorbar(image, ax=ax, label="cosine similarity")
+    return ax

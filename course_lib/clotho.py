@@ -1,0 +1,357 @@
+"""Clotho v2.1: download, checksums, 7z extraction, caption cleaning and the caption tables.
+
+Taught in notebook 01. A Clotho-format folder (``cfg.dataset_dir``, real or synthetic) holds
+
+    clotho_captions_<split>.csv    file_name, caption_1 .. caption_5 (one row per clip)
+    clotho_metadata_<split>.csv    file_name, keywords, sound_id, ... (ISO-8859-1 in Clotho v2.1)
+    <split>/*.wav                  the clips, named as in the CSVs (three names start with a space)
+
+From it, :func:`ensure_caption_tables` writes what the baseline's ``clotho_dataset.py`` wrote,
+under ``cfg.prepared_dir``: ``<split>_text.csv`` (tid, fid, fname, raw_text, text, tokens),
+``audio_info.json`` (clip durations) and ``vocab_info.json`` (vocabulary statistics).
+
+Ids are reproducible, unlike the baseline's ``os.urandom`` ones. The rule: the first 9 bytes of
+the sha1 of ``"<split>/<file name>"`` (fid) or ``"<split>/<file name>/<caption number 1-5>"``
+(tid), written as urlsafe base64: 12 characters. The file name is the one on disk, leading
+space included; the split is part of the key because one file name is in both development and
+validation.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import py7zr
+import soundfile as sf
+from py7zr.callbacks import ExtractCallback
+from tqdm.auto import tqdm
+
+from course_lib.config import SPLITS, Config
+from course_lib.download import fetch
+
+ZENODO_URL = "https://zenodo.org/record/4783391/files"
+CAPTIONS_PER_CLIP = 5
+TABLE_COLUMNS = ["tid", "fid", "fname", "raw_text", "text", "tokens"]
+
+
+class ClothoError(RuntimeError):
+    """The Clotho folder or an archive cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of Zenodo record 4783391; md5 and size are None where no published value is known."""
+
+    name: str
+    md5: str | None
+    size: int | None
+
+
+# md5s as published by aac-datasets (and soundata); sizes from Zenodo's metadata where known.
+CLOTHO_FILES = {
+    file.name: file
+    for file in (
+        RemoteFile("clotho_audio_development.7z", "c8b05bc7acdb13895bb3c6a29608667e", 4_541_582_263),
+        RemoteFile("clotho_audio_validation.7z", "7dba730be08bada48bd15dc4e668df59", 1_260_701_425),
+        RemoteFile("clotho_audio_evaluation.7z", "4569624ccadf96223f19cb59fe4f849f", None),
+        RemoteFile("clotho_captions_development.csv", "d4090b39ce9f2491908eebf4d5b09bae", 1_336_762),
+        RemoteFile("clotho_captions_validation.csv", "5879e023032b22a2c930aaa0528bead4", 367_649),
+        RemoteFile("clotho_captions_evaluation.csv", "1b16b9e57cf7bdb7f13a13802aeb57e2", 361_995),
+        RemoteFile("clotho_metadata_development.csv", "170d20935ecfdf161ce1bb154118cda5", 830_797),
+        RemoteFile("clotho_metadata_validation.csv", "2e010427c56b1ce6008b0f03f41048ce", 224_803),
+        RemoteFile("clotho_metadata_evaluation.csv", "13946f054d4e1bf48079813aac61bf77", None),
+    )
+}
+
+
+def split_file_names(split: str) -> tuple[str, str, str]:
+    """The audio archive, captions CSV and metadata CSV names of one split."""
+    if split not in SPLITS:
+        raise ClothoError(f"Unknown split {split!r}. Choose from: {', '.join(SPLITS)}.")
+    return f"clotho_audio_{split}.7z", f"clotho_captions_{split}.csv", f"clotho_metadata_{split}.csv"
+
+
+def file_url(name: str, base_url: str | None = None) -> str:
+    """Where a Clotho file is downloaded from (``COURSE_CLOTHO_URL`` overrides Zenodo)."""
+    base = base_url or os.environ.get("COURSE_CLOTHO_URL") or ZENODO_URL
+    return f"{base.rstrip('/')}/{name}?download=1"
+
+
+# --- reading a Clotho-format folder ------------------------------------------------------
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Every cell as a string, spaces kept; UTF-8, else ISO-8859-1 (the metadata's encoding)."""
+    if not path.is_file():
+        raise ClothoError(f"{path} does not exist. Run ensure_dataset(cfg) first.")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="ISO-8859-1")
+
+
+def read_captions(dataset_dir: Path, split: str) -> pd.DataFrame:
+    """The official captions CSV of a split: file_name, caption_1 .. caption_5."""
+    return _read_csv(Path(dataset_dir) / split_file_names(split)[1])
+
+
+def read_metadata(dataset_dir: Path, split: str) -> pd.DataFrame:
+    """The metadata CSV of a split (keywords, Freesound id and link, licence), decoded correctly."""
+    return _read_csv(Path(dataset_dir) / split_file_names(split)[2])
+
+
+def wav_names_on_disk(audio_dir: Path, csv_names: list[str]) -> list[str]:
+    """The on-disk name of each file the CSV names; fails listing every missing one.
+
+    Names are matched exactly. A CSV that stores a name stripped of its leading space (like the
+    baseline's own CSVs) still finds the file, whose real name is returned.
+    """
+    on_disk = {path.name for path in Path(audio_dir).glob("*.wav")} if Path(audio_dir).is_dir() else set()
+    by_stripped = {name.strip(): name for name in on_disk}
+    resolved = [name if name in on_disk else by_stripped.get(name.strip()) for name in csv_names]
+    missing = [name for name, found in zip(csv_names, resolved, strict=True) if found is None]
+    if missing:
+        listing = "\n  ".join(repr(name) for name in missing)
+        raise ClothoError(
+            f"{len(missing)} of {len(csv_names)} wav files named in the captions CSV are missing from "
+            f"{audio_dir}:\n  {listing}\nRebuild the dataset (delete the folder and run ensure_dataset(cfg))."
+        )
+    return resolved
+
+
+def split_is_complete(dataset_dir: Path, split: str) -> bool:
+    """True when the captions CSV exists and every wav it names is in ``<split>/``."""
+    try:
+        wav_names_on_disk(Path(dataset_dir) / split, list(read_captions(dataset_dir, split)["file_name"]))
+    except ClothoError:
+        return False
+    return True
+
+
+# --- download and extraction --------------------------------------------------------------
+
+
+class _ExtractProgress(ExtractCallback):
+    """A tqdm bar that advances once per file py7zr has written."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+
+    def report_end(self, processing_file_path: str, wrote_bytes: str) -> None:
+        self.bar.update(1)
+
+    def report_start_preparation(self) -> None: ...
+    def report_start(self, processing_file_path: str, processing_bytes: str) -> None: ...
+    def report_update(self, decompressed_bytes: str) -> None: ...
+    def report_warning(self, message: str) -> None: ...
+    def report_postprocess(self) -> None: ...
+
+
+def extract_split(archive: Path, dataset_dir: Path, split: str, progress: bool = True) -> Path:
+    """Extract a split's archive into a folder beside ``<split>/``, moved into place only when complete."""
+    dataset_dir = Path(dataset_dir)
+    partial = dataset_dir / f".{split}.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run
+    try:
+        with py7zr.SevenZipFile(archive) as seven:
+            with tqdm(total=len(seven.getnames()), unit="file", desc=f"extract {split}", disable=not progress) as bar:
+                seven.extractall(path=partial, callback=_ExtractProgress(bar))
+        folders = {path.parent for path in partial.rglob("*.wav")}
+        if len(folders) != 1:
+            raise ClothoError(f"expected one folder of wav files in the archive, found {len(folders)}")
+        wav_names_on_disk(next(iter(folders)), list(read_captions(dataset_dir, split)["file_name"]))
+        destination = dataset_dir / split
+        shutil.rmtree(destination, ignore_errors=True)
+        os.replace(next(iter(folders)), destination)
+    except Exception as exc:
+        raise ClothoError(
+            f"Extracting {archive} failed ({type(exc).__name__}: {exc}). Nothing was put in "
+            f"{dataset_dir / split}. Delete the archive and run the step again to download it afresh."
+        ) from exc
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return destination
+
+
+def download_clotho(
+    cfg: Config,
+    splits: tuple[str, ...] | None = None,
+    base_url: str | None = None,
+    files: dict[str, RemoteFile] | None = None,
+    keep_archives: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Fetch (md5-checked) and extract Clotho v2.1 splits into ``cfg.dataset_dir``; reuse complete splits."""
+    files = files or CLOTHO_FILES
+    dataset_dir = cfg.dataset_dir
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    for split in splits or cfg.splits:
+        archive_name, *csv_names = split_file_names(split)
+        for name in csv_names:  # small: checked against their md5 on every run, fetched when missing
+            fetch(file_url(name, base_url), files[name].md5, dataset_dir / name, progress=progress)
+        if split_is_complete(dataset_dir, split):
+            count = len(read_captions(dataset_dir, split))
+            print(f"{split}: reused the {count} wav files in {dataset_dir / split} (CSVs md5-checked).")
+            continue
+        remote = files[archive_name]
+        size = f"{remote.size / 1e9:.2f} GB" if remote.size else "size unknown"
+        print(f"{split}: fetching {archive_name} ({size}) unless a checked copy is in the downloads folder.")
+        archive_path = cfg.downloads_dir / "clotho" / archive_name
+        archive = fetch(file_url(archive_name, base_url), remote.md5, archive_path, progress=progress)
+        extract_split(archive, dataset_dir, split, progress=progress)
+        print(f"{split}: extracted {len(read_captions(dataset_dir, split))} wav files into {dataset_dir / split}.")
+        if not keep_archives:
+            archive.unlink()
+            print(f"{split}: deleted {archive} to save disk space.")
+    return dataset_dir
+
+
+def ensure_dataset(cfg: Config, keep_archives: bool = True) -> Path:
+    """The profile's Clotho-format folder: generated (synthetic) or downloaded and extracted (clotho)."""
+    if cfg.settings.get("dataset", cfg.profile) == "synthetic":
+        from course_lib.synth import ensure_synthetic_dataset
+
+        return ensure_synthetic_dataset(cfg)
+    return download_clotho(cfg, keep_archives=keep_archives)
+
+
+# --- captions: cleaning, ids, tables -------------------------------------------------------
+
+_APOSTROPHES = re.compile(r"['\u2019]")
+_PUNCTUATION = re.compile(r"[^\w\s-]|_")
+
+
+def clean_caption(text: str) -> str:
+    """Lower case (the pronoun "I" kept), punctuation removed except hyphens, single spaces.
+
+    Apostrophes are dropped ("It's" -> "its"); other punctuation becomes a space, so "dog.The"
+    splits into two words. The baseline's cleaned captions also carry 8 rewrites done by hand
+    (e.g. "beep, beep, beep" -> "beep"); those are not reproduced.
+    """
+    words = _PUNCTUATION.sub(" ", _APOSTROPHES.sub("", text)).split()
+    return " ".join(word if word == "I" else word.lower() for word in words)
+
+
+def stable_id(*parts: str | int) -> str:
+    """12 urlsafe base64 characters of the sha1 of the parts joined by '/'."""
+    digest = hashlib.sha1("/".join(str(part) for part in parts).encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest[:9]).decode("ascii")
+
+
+def build_caption_table(dataset_dir: Path, split: str, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """One row per caption, in the official CSV order, and {fid: {fname, duration}} of the split."""
+    captions = read_captions(dataset_dir, split)
+    audio_dir = Path(dataset_dir) / split
+    fnames = wav_names_on_disk(audio_dir, list(captions["file_name"]))
+    rows, audio = [], {}
+    for fname, (_, clip) in zip(tqdm(fnames, desc=f"{split} captions", disable=not progress), captions.iterrows(), strict=True):
+        fid = stable_id(split, fname)
+        try:
+            audio[fid] = {"fname": fname, "duration": sf.info(str(audio_dir / fname)).duration}
+        except RuntimeError as exc:  # soundfile's errors for unreadable files
+            raise ClothoError(f"{audio_dir / fname} is not a readable audio file ({exc}). Rebuild the dataset.") from exc
+        for number in range(1, CAPTIONS_PER_CLIP + 1):
+            raw_text = clip[f"caption_{number}"]
+            text = clean_caption(raw_text)
+            rows.append((stable_id(split, fname, number), fid, fname, raw_text, text, repr(text.split())))
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), audio
+
+
+def check_unique_ids(tables: dict[str, pd.DataFrame]) -> None:
+    """Fail loudly when two clips or two captions share an id (a file name listed twice, or a hash collision)."""
+    captions = pd.concat([table.assign(split=split) for split, table in tables.items()])
+    clips = captions.drop_duplicates(["split", "fname"])
+    for column, rows in (("fid", clips), ("tid", captions)):
+        repeated = rows[rows[column].duplicated(keep=False)]
+        if len(repeated):
+            raise ClothoError(
+                f"{column}s are not unique; these rows share one (is a file listed twice in a captions CSV?):\n"
+                f"{repeated[['split', column, 'fname']].to_string(index=False)}"
+            )
+
+
+def table_path(cfg: Config, split: str) -> Path:
+    return cfg.prepared_dir / f"{split}_text.csv"
+
+
+def load_caption_table(cfg: Config, split: str) -> pd.DataFrame:
+    """A caption table as written by ensure_caption_tables, with tokens as lists."""
+    path = table_path(cfg, split)
+    if not path.is_file():
+        raise ClothoError(f"{path} does not exist. Run ensure_caption_tables(cfg) first.")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    table["tokens"] = table["tokens"].map(ast.literal_eval)
+    return table
+
+
+def _write_atomically(path: Path, write) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8"))
+
+
+def _reusable_table(cfg: Config, split: str, audio_info: dict) -> pd.DataFrame | None:
+    """The existing table when it is newer than the captions CSV, complete and has its durations."""
+    path, captions_csv = table_path(cfg, split), cfg.dataset_dir / split_file_names(split)[1]
+    if split not in audio_info or not path.is_file() or path.stat().st_mtime < captions_csv.stat().st_mtime:
+        return None
+    try:
+        table = load_caption_table(cfg, split)
+    except (ValueError, SyntaxError, pd.errors.ParserError):
+        return None
+    expected_rows = CAPTIONS_PER_CLIP * len(read_captions(cfg.dataset_dir, split))
+    ok = list(table.columns) == TABLE_COLUMNS and len(table) == expected_rows == CAPTIONS_PER_CLIP * len(audio_info[split])
+    return table if ok else None
+
+
+def vocabulary_info(tables: dict[str, pd.DataFrame]) -> dict:
+    """Vocabulary size overall and per split, with clip, caption and word counts."""
+    word_bags = {split: Counter(word for tokens in table["tokens"] for word in tokens) for split, table in tables.items()}
+    vocabulary = sorted(set().union(*word_bags.values()))
+    splits = {
+        split: {
+            "num_clips": int(table["fid"].nunique()),
+            "num_captions": len(table),
+            "num_words": sum(word_bags[split].values()),
+            "vocabulary_size": len(word_bags[split]),
+        }
+        for split, table in tables.items()
+    }
+    return {"vocabulary_size": len(vocabulary), "splits": splits, "vocabulary": vocabulary}
+
+
+def ensure_caption_tables(cfg: Config, progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Write ``<split>_text.csv``, ``audio_info.json`` and ``vocab_info.json``, reusing valid tables."""
+    ensure_dataset(cfg)
+    cfg.prepared_dir.mkdir(parents=True, exist_ok=True)
+    audio_info_path, vocab_info_path = cfg.prepared_dir / "audio_info.json", cfg.prepared_dir / "vocab_info.json"
+    audio_info = json.loads(audio_info_path.read_text(encoding="utf-8")) if audio_info_path.is_file() else {}
+    tables, rebuilt = {}, []
+    for split in cfg.splits:
+        tables[split] = _reusable_table(cfg, split, audio_info)
+        if tables[split] is None:
+            tables[split], audio_info[split] = build_caption_table(cfg.dataset_dir, split, progress)
+            _write_atomically(table_path(cfg, split), lambda tmp, t=tables[split]: t.to_csv(tmp, index=False, encoding="utf-8"))
+            tables[split] = load_caption_table(cfg, split)
+            rebuilt.append(split)
+    check_unique_ids(tables)
+    if rebuilt or not vocab_info_path.is_file():
+        _write_json(audio_info_path, {split: audio_info[split] for split in cfg.splits})
+        _write_json(vocab_info_path, vocabulary_info(tables))
+    reused = [split for split in cfg.splits if split not in rebuilt]
+    print(f"Caption tables in {cfg.prepared_dir}: built {rebuilt or 'none'}, reused {reused or 'none'}.")
+    return tables

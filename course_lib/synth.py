@@ -1,0 +1,292 @@
+"""A synthetic dataset in Clotho v2.1's exact layout, generated in seconds (also a command line tool).
+
+Taught in notebook 00. ``generate_dataset`` writes
+
+    <out>/development/*.wav, validation/*.wav, evaluation/*.wav   44.1 kHz mono 16-bit PCM
+    <out>/clotho_captions_{split}.csv    file_name,caption_1..caption_5 (UTF-8)
+    <out>/clotho_metadata_{split}.csv    file_name,keywords,sound_id,sound_link,start_end_samples,
+                                         manufacturer,license (ISO-8859-1, like Clotho's)
+    <out>/.synth.json                    the parameters and every file's size (written last)
+
+with Clotho's quirks on purpose: file names with a leading space, a non-ASCII (Latin-1) file name,
+and one file name present in both development and validation. Each clip draws from its own
+random generator seeded by (seed, split, clip index), so the same seed gives the same bytes.
+
+    python -m course_lib.synth --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from course_lib.config import BASELINE_YAML, SPLITS, Config, ConfigError, load_config, read_yaml
+from course_lib.synth_captions import describe_scene
+from course_lib.synth_scenes import EVENT_TYPES, SAMPLE_RATE, Scene, event_catalogue, render_scene, sample_scene
+
+__all__ = ["generate_dataset", "ensure_synthetic_dataset", "event_catalogue", "CLOTHO_SCALE", "MARKER"]
+
+MARKER = ".synth.json"
+FORMAT_VERSION = 1  # bump when the generator's output changes, so old folders are regenerated
+CLOTHO_SCALE = {"clips": {"development": 3839, "validation": 1045, "evaluation": 1045}, "min_seconds": 15.0, "max_seconds": 30.0}
+SHARED_NAME = "Field recording w_ Zoom H4n_1-2.wav"  # in development and validation, like Clotho's "City Ambience w_ ..."
+QUIRKS = {"development": {0: "leading space", 1: "non-ASCII", 2: "shared"}, "validation": {0: "leading space", 1: "shared"}}
+BACKGROUND_TITLES = {"room": ("Room tone", "indoor", "Interior"), "street": ("Street", "city ambience", "Traffic"),
+                     "outdoors": ("Outdoor", "field", "Park ambience")}
+USERS = ("fieldrec_anna", "klangwerk", "tapeloop77", "soundwalker", "m_okafor_audio", "Lumen_Sounds", "dripdrop", "OrfeoRec")
+LICENSES = ("http://creativecommons.org/publicdomain/zero/1.0/", "http://creativecommons.org/licenses/by/3.0/",
+            "http://creativecommons.org/licenses/by/4.0/", "http://creativecommons.org/licenses/by-nc/3.0/")
+METADATA_COLUMNS = ("file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Everything about one clip except its audio: name, scene, five captions, metadata row."""
+
+    file_name: str
+    scene: Scene
+    captions: list[str]
+    metadata: dict[str, str]
+
+
+def default_settings() -> dict:
+    """The synthetic profile's ``synth`` settings in course_lib/baseline.yaml (seed, clips, seconds)."""
+    return dict(read_yaml(BASELINE_YAML)["profiles"]["synthetic"]["synth"])
+
+
+def _title(scene: Scene, rng: np.random.Generator) -> str:
+    """A Freesound-like title: words from the main event (and background), underscores, a number."""
+    word = _choice(rng, EVENT_TYPES[scene.events[0].name].titles)
+    style = int(rng.integers(4))
+    if style == 1:
+        word = f"{_choice(rng, BACKGROUND_TITLES[scene.background])} {word.lower()}"
+    elif style == 2 and len(scene.events) > 1:
+        word = f"{word} and {_choice(rng, EVENT_TYPES[scene.events[1].name].titles).lower()}"
+    elif style == 3:
+        word = f"{word} {scene.events[0].pitch or scene.events[0].loudness}"
+    if rng.random() < 0.4:
+        word = word.replace(" ", "_")
+    number = int(rng.integers(1, 40))
+    return word + _choice(rng, ("", f" {number}", f"_{number:02d}", f"_{number}-{number + 1}", f" {number:03d}"))
+
+
+def _choice(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _metadata(file_name: str, scene: Scene, rng: np.random.Generator) -> dict[str, str]:
+    """Plausible made-up Freesound metadata in Clotho's columns."""
+    keywords = [k for e in scene.events for k in EVENT_TYPES[e.name].keywords[:3]] + [scene.background, "field-recording"]
+    sound_id, user = int(rng.integers(10_000, 700_000)), _choice(rng, USERS)
+    start = int(rng.integers(0, 20 * SAMPLE_RATE))
+    return {"file_name": file_name, "keywords": ";".join(dict.fromkeys(keywords)), "sound_id": str(sound_id),
+            "sound_link": f"https://freesound.org/people/{user}/sounds/{sound_id}/",
+            "start_end_samples": f"[{start}, {start + int(round(scene.seconds * SAMPLE_RATE))}]",
+            "manufacturer": user, "license": _choice(rng, LICENSES)}
+
+
+def plan_split(split: str, n_clips: int, seed: int, min_seconds: float, max_seconds: float) -> list[Clip]:
+    """Scenes, captions, unique file names and metadata of one split (no audio yet)."""
+    clips, used = [], set()
+    for index in range(n_clips):
+        rng = np.random.default_rng([seed, SPLITS.index(split), index])
+        scene = sample_scene(rng, rng.uniform(min_seconds, max_seconds))
+        captions = describe_scene(scene, rng)
+        quirk = QUIRKS.get(split, {}).get(index)
+        title = {"leading space": " " + _title(scene, rng), "non-ASCII": "Café terrace " + _title(scene, rng),
+                 "shared": SHARED_NAME[:-4]}.get(quirk) or _title(scene, rng)
+        name, suffix = title, 2
+        while name.casefold() in used:  # case-insensitive: macOS and Windows file systems are
+            name, suffix = f"{title}_{suffix}", suffix + 1
+        used.add(name.casefold())
+        clips.append(Clip(name + ".wav", scene, captions, _metadata(name + ".wav", scene, rng)))
+    return clips
+
+
+def _write_clip(task: tuple[str, Scene, int, int, int]) -> int:
+    """Render one clip's audio with its own generator and write it as 16-bit PCM; return its size."""
+    path, scene, seed, split_index, index = task
+    audio = render_scene(scene, np.random.default_rng([seed, split_index, index, 1]))
+    sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
+    return os.path.getsize(path)
+
+
+def _write_csvs(folder: Path, split: str, clips: list[Clip]) -> None:
+    with open(folder / f"clotho_captions_{split}.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["file_name"] + [f"caption_{i}" for i in range(1, 6)])
+        writer.writerows([clip.file_name, *clip.captions] for clip in clips)
+    with open(folder / f"clotho_metadata_{split}.csv", "w", encoding="iso-8859-1", newline="") as f:
+        writer = csv.DictWriter(f, METADATA_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(clip.metadata for clip in clips)
+
+
+def _parameters(seed: int, clips: int | dict[str, int] | None, min_seconds: float, max_seconds: float,
+                splits: tuple[str, ...] | list[str]) -> dict:
+    """Checked, JSON-ready generation parameters (the marker compares these)."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"Unknown or no splits {list(splits)}; choose from {', '.join(SPLITS)}.")
+    if clips is None:
+        clips = default_settings()["clips"]
+    counts = {s: int(clips if isinstance(clips, int) else clips.get(s, 0)) for s in splits}
+    if any(n < 1 for n in counts.values()):
+        raise ValueError(f"Every split needs at least one clip, got {counts}.")
+    if not 0 < float(min_seconds) <= float(max_seconds):
+        raise ValueError(f"Need 0 < min_seconds <= max_seconds, got {min_seconds} and {max_seconds}.")
+    return {"version": FORMAT_VERSION, "seed": int(seed), "clips": counts,
+            "min_seconds": float(min_seconds), "max_seconds": float(max_seconds), "splits": list(splits)}
+
+
+def generate_dataset(out_dir: str | Path, seed: int = 0, clips: int | dict[str, int] | None = None,
+                     min_seconds: float = 5.0, max_seconds: float = 8.0, splits: tuple[str, ...] | list[str] = SPLITS,
+                     workers: int | None = None, progress: bool = True) -> Path:
+    """Write a Clotho-format dataset to ``out_dir`` (replacing it), atomically; return the folder."""
+    out_dir, started = Path(out_dir).expanduser().resolve(), time.perf_counter()
+    params = _parameters(seed, clips, min_seconds, max_seconds, splits)
+    total = sum(params["clips"].values())
+    print(f"Generating {total} synthetic clips of {min_seconds:g}-{max_seconds:g} s (seed {seed}) into {out_dir} ...")
+    plans = {split: plan_split(split, n, params["seed"], params["min_seconds"], params["max_seconds"])
+             for split, n in params["clips"].items()}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir)
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    try:
+        tasks = []
+        for split, clips_of_split in plans.items():
+            (partial / split).mkdir(parents=True)
+            tasks += [(str(partial / split / c.file_name), c.scene, params["seed"], SPLITS.index(split), i)
+                      for i, c in enumerate(clips_of_split)]
+            _write_csvs(partial, split, clips_of_split)
+        workers = workers or (min(os.cpu_count() or 1, 8) if total >= 32 else 1)
+        bar = tqdm(total=total, desc="synthesising clips", unit="clip", disable=not progress)
+        if workers == 1:
+            bar.update(sum(1 for task in tasks if _write_clip(task)))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_write_clip, tasks, chunksize=max(1, min(16, total // (4 * workers)))):
+                    bar.update()
+        bar.close()
+        files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
+        (partial / MARKER).write_text(json.dumps({"parameters": params, "files": files}, indent=1), encoding="utf-8")
+        _replace_folder(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    megabytes = sum(files.values()) / 1e6
+    print(f"Wrote {total} clips ({megabytes:.1f} MB) to {out_dir} in {time.perf_counter() - started:.1f} s.")
+    return out_dir
+
+
+def _process_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs (POSIX only: on Windows os.kill would terminate it)."""
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only checks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Delete temporary folders that an interrupted run (ours, or a process no longer alive) left beside ``out_dir``."""
+    for leftover in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or _process_gone(int(pid))):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``: renames only, so readers never see a half-written dataset."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
+
+
+def check_dataset(out_dir: str | Path, params: dict) -> str | None:
+    """Why ``out_dir`` is not a complete dataset made with ``params``, or None when it is."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return "it does not exist"
+    try:
+        marker = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"it has no readable {MARKER} (a partial or foreign folder)"
+    if marker.get("parameters") != params:
+        return f"it was made with other parameters ({marker.get('parameters')})"
+    files = marker.get("files", {})
+    bad = [name for name, size in files.items() if not (out_dir / name).is_file() or (out_dir / name).stat().st_size != size]
+    wavs = sum(1 for split in params["splits"] for _ in (out_dir / split).glob("*.wav"))
+    if bad or wavs != sum(params["clips"].values()):
+        return f"{len(bad)} files are missing or changed and it holds {wavs} wavs for {sum(params['clips'].values())} clips"
+    return None
+
+
+def ensure_generated(out_dir: str | Path, force: bool = False, workers: int | None = None, **parameters) -> Path:
+    """Reuse ``out_dir`` when it is complete with these parameters, else generate it."""
+    out_dir, params = Path(out_dir).expanduser().resolve(), _parameters(**parameters)
+    problem = "it was asked for (--force)" if force else check_dataset(out_dir, params)
+    if problem is None:
+        print(f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")
+        return out_dir
+    print(f"The synthetic dataset at {out_dir} needs generating: {problem}.")
+    return generate_dataset(out_dir, workers=workers, **parameters)
+
+
+def ensure_synthetic_dataset(cfg: Config) -> Path:
+    """Generate ``cfg.dataset_dir`` from ``cfg.settings['synth']`` unless it is already complete."""
+    settings = cfg.settings.get("synth")
+    if settings is None:
+        raise ConfigError(f"Profile {cfg.profile!r} has no 'synth' settings: it uses real data. "
+                          "Call course_lib.clotho.ensure_dataset(cfg) to download it.")
+    return ensure_generated(cfg.dataset_dir, seed=settings.get("seed", 0), clips=settings.get("clips"),
+                            min_seconds=settings.get("min_seconds", 5.0), max_seconds=settings.get("max_seconds", 8.0),
+                            splits=cfg.splits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: python -m course_lib.synth [--scale clotho] [--out DIR] ..."""
+    parser = argparse.ArgumentParser(prog="python -m course_lib.synth", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="output folder (default: the synthetic profile's Clotho folder)")
+    parser.add_argument("--scale", choices=("default", "clotho"), default="default",
+                        help="default: course_lib/baseline.yaml sizes; clotho: 3839/1045/1045 clips of 15-30 s")
+    parser.add_argument("--clips-per-split", type=int, help="the same number of clips in every split")
+    parser.add_argument("--min-seconds", type=float)
+    parser.add_argument("--max-seconds", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser.add_argument("--workers", type=int, help="processes rendering audio (default: CPU cores)")
+    parser.add_argument("--force", action="store_true", help="regenerate even when a matching dataset exists")
+    args = parser.parse_args(argv)
+    scale = CLOTHO_SCALE if args.scale == "clotho" else default_settings()
+    out = args.out or load_config("synthetic").dataset_dir
+    seconds = {"min_seconds": args.min_seconds or scale["min_seconds"], "max_seconds": args.max_seconds or scale["max_seconds"]}
+    try:
+        ensure_generated(out, force=args.force, workers=args.workers, seed=args.seed, splits=args.splits,
+                         clips=args.clips_per_split or scale["clips"], **seconds)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""course_lib.clotho download and extraction, against a local HTTP server (never the internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import py7zr
+import pytest
+from clotho_fixtures import TINY_CLIPS, write_split
+
+from course_lib import clotho, download
+from course_lib.clotho import CLOTHO_FILES, ClothoError, RemoteFile, download_clotho, ensure_dataset, split_file_names
+from course_lib.config import SPLITS, load_config
+from course_lib.download import DownloadError
+
+
+def build_remote_files(folder: Path) -> dict[str, bytes]:
+    """Clotho's nine files in miniature: one .7z of wavs (under '<split>/') and two CSVs per split."""
+    contents = {}
+    for split, clips in TINY_CLIPS.items():
+        source = folder / split
+        write_split(source, split, clips)
+        archive_name, captions_name, metadata_name = split_file_names(split)
+        with py7zr.SevenZipFile(folder / archive_name, "w") as archive:
+            for fname, _ in clips:
+                archive.write(source / split / fname, arcname=f"{split}/{fname}")
+        for name, path in ((archive_name, folder / archive_name), (captions_name, source / captions_name),
+                           (metadata_name, source / metadata_name)):
+            contents[name] = path.read_bytes()
+    return contents
+
+
+class ClothoServer:
+    """Serves ``contents`` on 127.0.0.1; can corrupt a file or break its first transfer halfway."""
+
+    def __init__(self, contents: dict[str, bytes]) -> None:
+        self.contents = dict(contents)
+        self.requests: list[str] = []
+        self.corrupt: set[str] = set()
+        self.break_once: set[str] = set()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                name = unquote(urlparse(self.path).path).rsplit("/", 1)[-1]
+                server.requests.append(name)
+                if name not in server.contents:
+                    self.send_error(404)
+                    return
+                body = server.contents[name]
+                if name in server.corrupt:
+                    body = bytes(reversed(body))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if name in server.break_once:
+                    server.break_once.discard(name)
+                    self.wfile.write(body[: len(body) // 2])  # then the connection closes
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.timeout = 10
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/files"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def remote_contents(tmp_path_factory) -> dict[str, bytes]:
+    return build_remote_files(tmp_path_factory.mktemp("remote"))
+
+
+@pytest.fixture
+def server(remote_contents):
+    running = ClothoServer(remote_contents)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def files(remote_contents) -> dict[str, RemoteFile]:
+    """The file table with the md5s of the miniature files (what the real table holds for Zenodo's)."""
+    return {name: RemoteFile(name, hashlib.md5(body).hexdigest(), len(body)) for name, body in remote_contents.items()}
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=lambda seconds: None))  # no pause between retries
+    return load_config("clotho", data_root=tmp_path)
+
+
+def wav_names(folder: Path) -> set[str]:
+    return {path.name for path in folder.glob("*.wav")}
+
+
+def assert_nothing_extracted(cfg, split: str) -> None:
+    assert not (cfg.dataset_dir / split).exists()
+    assert not list(cfg.dataset_dir.glob(".*partial*"))
+
+
+def test_real_file_table_covers_every_split():
+    for split in SPLITS:
+        for name in split_file_names(split):
+            entry = CLOTHO_FILES[name]
+            assert len(entry.md5) == 32 and int(entry.md5, 16) >= 0
+    assert CLOTHO_FILES["clotho_captions_evaluation.csv"].md5 == "1b16b9e57cf7bdb7f13a13802aeb57e2"
+    assert clotho.file_url("clotho_audio_evaluation.7z", None).startswith("https://zenodo.org/record/4783391/files/")
+
+
+def test_download_and_extract_every_split(cfg, server, files):
+    dataset_dir = download_clotho(cfg, base_url=server.url, files=files, progress=False)
+    assert dataset_dir == cfg.dataset_dir
+    for split, clips in TINY_CLIPS.items():
+        assert wav_names(dataset_dir / split) == {fname for fname, _ in clips}
+        assert (dataset_dir / f"clotho_captions_{split}.csv").is_file()
+        assert (dataset_dir / f"clotho_metadata_{split}.csv").is_file()
+        assert (cfg.downloads_dir / "clotho" / f"clotho_audio_{split}.7z").is_file()
+    assert (dataset_dir / "development" / " Ambience Birds.wav").is_file()  # leading space kept
+    assert sorted(server.requests) == sorted(files)
+    assert not list(dataset_dir.glob(".*partial*"))
+
+
+def test_rerun_reuses_everything_without_a_request(cfg, server, files, capsys):
+    download_clotho(cfg, base_url=server.url, files=files, progress=False)
+    made = len(server.requests)
+    capsys.readouterr()
+    download_clotho(cfg, base_url=server.url, files=files, progress=False)
+    assert len(server.requests) == made
+    assert capsys.readouterr().out.count("reused") == 3
+
+
+def test_split_subset_fetches_only_that_split(cfg, server, files):
+    download_clotho(cfg, splits=("evaluation",), base_url=server.url, files=files, progress=False)
+    assert sorted(server.requests) == sorted(split_file_names("evaluation"))
+    assert [path.name for path in cfg.dataset_dir.iterdir() if path.is_dir()] == ["evaluation"]
+
+
+def test_corrupted_download_fails_on_md5_and_leaves_nothing(cfg, server, files):
+    server.corrupt.add("clotho_audio_validation.7z")
+    with pytest.raises(DownloadError, match="md5"):
+        download_clotho(cfg, splits=("validation",), base_url=server.url, files=files, progress=False)
+    assert list((cfg.downloads_dir / "clotho").iterdir()) == []
+    assert_nothing_extracted(cfg, "validation")
+
+
+def test_interrupted_transfer_restarts_and_succeeds(cfg, server, files):
+    server.break_once.add("clotho_audio_development.7z")
+    download_clotho(cfg, splits=("development",), base_url=server.url, files=files, progress=False)
+    assert server.requests.count("clotho_audio_development.7z") == 2
+    assert wav_names(cfg.dataset_dir / "development") == {fname for fname, _ in TINY_CLIPS["development"]}
+    archive = cfg.downloads_dir / "clotho" / "clotho_audio_development.7z"
+    assert download.file_md5(archive) == files["clotho_audio_development.7z"].md5
+
+
+def test_corrupt_archive_leaves_no_split_folder(cfg, server, files, remote_contents):
+    name = "clotho_audio_evaluation.7z"
+    garbled = remote_contents[name][:32] + bytes(200)  # a valid 7z signature, then nothing usable
+    server.contents[name] = garbled
+    files = {**files, name: RemoteFile(name, hashlib.md5(garbled).hexdigest(), None)}  # md5 matches what is served
+    with pytest.raises(ClothoError, match="Extracting .*clotho_audio_evaluation.7z failed"):
+        download_clotho(cfg, splits=("evaluation",), base_url=server.url, files=files, progress=False)
+    assert_nothing_extracted(cfg, "evaluation")
+
+
+def test_interrupted_extraction_leaves_no_split_folder_then_recovers(cfg, server, files, monkeypatch):
+    original = py7zr.SevenZipFile.extractall
+
+    def extract_then_fail(self, path=None, **kwargs):
+        original(self, path=path, **kwargs)  # the files are written, then the "disk fills up"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(py7zr.SevenZipFile, "extractall", extract_then_fail)
+    with pytest.raises(ClothoError, match="No space left"):
+        download_clotho(cfg, splits=("development",), base_url=server.url, files=files, progress=False)
+    assert_nothing_extracted(cfg, "development")
+
+    monkeypatch.setattr(py7zr.SevenZipFile, "extractall", original)
+    made = len(server.requests)
+    download_clotho(cfg, splits=("development",), base_url=server.url, files=files, progress=False)
+    assert len(server.requests) == made  # the checked archive in downloads/ was reused
+    assert len(wav_names(cfg.dataset_dir / "development")) == len(TINY_CLIPS["development"])
+
+
+def test_archive_missing_a_listed_wav_is_rejected(cfg, server, files, tmp_path):
+    split = "validation"
+    source = tmp_path / "short"
+    write_split(source, split, TINY_CLIPS[split])
+    with py7zr.SevenZipFile(tmp_path / "short.7z", "w") as archive:
+        fname = TINY_CLIPS[split][0][0]
+        archive.write(source / split / fname, arcname=f"{split}/{fname}")
+    name = split_file_names(split)[0]
+    server.contents[name] = (tmp_path / "short.7z").read_bytes()
+    files = {**files, name: RemoteFile(name, hashlib.md5(server.contents[name]).hexdigest(), None)}
+    with pytest.raises(ClothoError, match="1 of 2 wav files"):
+        download_clotho(cfg, splits=(split,), base_url=server.url, files=files, progress=False)
+    assert_nothing_extracted(cfg, split)
+
+
+def test_archives_can_be_deleted_after_extraction(cfg, server, files):
+    download_clotho(cfg, splits=("evaluation",), base_url=server.url, files=files, keep_archives=False, progress=False)
+    assert not (cfg.downloads_dir / "clotho" / "clotho_audio_evaluation.7z").exists()
+    assert len(wav_names(cfg.dataset_dir / "evaluation")) == 2
+
+
+def test_ensure_dataset_uses_the_url_from_the_environment(cfg, server, files, monkeypatch):
+    monkeypatch.setenv("COURSE_CLOTHO_URL", server.url)
+    monkeypatch.setattr(clotho, "CLOTHO_FILES", files)
+    assert ensure_dataset(cfg) == cfg.dataset_dir
+    assert all(clotho.split_is_complete(cfg.dataset_dir, split) for split in SPLITS)
+    assert len(server.requests) == len(files)
