@@ -12,7 +12,7 @@ help:
 	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"
 	@echo "make test    lint, unit tests and every notebook under nbmake"
 	@echo "make lab     open JupyterLab on notebooks/"
-	@echo "make bench   run the benchmarks (figures in benchmarks/results/)"
+	@echo "make bench   run the benchmarks (tables printed, JSON saved in benchmarks/results/)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -24,7 +24,10 @@ OUTPUT = ROOT / "build" / "course"
 def run_notebook(path: Path, timeout: int) -> float:
     """Execute one notebook with its folder as working directory; save the executed copy."""
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+        extra_arguments=["--log-level=ERROR"],  # keeps the kernel's start-up chatter out of the summary
+    )
     started = time.perf_counter()
     try:
         client.execute()
