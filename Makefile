@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: course test lab bench lint clean-data help
+.PHONY: course test lab bench lint help
 
 help:
 	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"
