@@ -2,28 +2,23 @@
 
 Usage: python benchmarks/bench_encoders.py [--quick] [--batch 32] [--repeats 5]
 Eval mode under torch.inference_mode, one warm-up pass, the median of several timed passes.
-On CUDA (when available) also with bf16 and fp16 autocast. Saves benchmarks/results/encoders.json.
+On CUDA (when available) also with bf16 and fp16 autocast. Prints a table and saves
+benchmarks/results/encoders.json (encoders.quick.json with --quick, which leaves the full results alone).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
+from _common import machine_info, save_results
 
 from course_lib.cnn14 import CNN14Encoder, count_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
-
-RESULTS = ROOT / "benchmarks" / "results" / "encoders.json"
 CLIPS = {"10 s": 501, "30 s": 1501}  # frames at the baseline's 20 ms hop
 WIDTHS = {"full (1.0)": 1.0, "synthetic (0.125)": 0.125}
 
@@ -54,28 +49,6 @@ def time_forward(encoder: CNN14Encoder, batch: torch.Tensor, dtype: torch.dtype 
     return times
 
 
-def machine_info(device: str) -> dict[str, object]:
-    info = {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "device": device,
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def write_json(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 4 and 2 repeats: well under a minute on 2 cores")
@@ -85,6 +58,7 @@ def main() -> int:
     batch_size = args.batch or (4 if args.quick else 32)
     repeats = args.repeats or (2 if args.quick else 5)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    machine = machine_info(devices[-1])  # before the runs: it records the load average they start from
     torch.manual_seed(0)
 
     rows = []
@@ -105,9 +79,7 @@ def main() -> int:
                     rows.append(row)
                     speed = batch_size / median
                     print(f"{device:6} {precision:14} {width_name:18} {clip_name:5} {batch_size:5d} {median:9.3f} {speed:9.1f}")
-    payload = {"benchmark": "encoders", "quick": args.quick, "machine": machine_info(devices[-1]), "results": rows}
-    write_json(payload, RESULTS)
-    print(f"Saved {RESULTS}")
+    save_results("encoders", {"benchmark": "encoders", "quick": args.quick, "machine": machine, "results": rows})
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Taught in notebook 01. A Clotho-format folder (``cfg.dataset_dir``, real or synthetic) holds
 
-    clotho_captions_<split>.csv    file_name, caption_1 .. caption_5 (one row per clip)
+    clotho_captions_<split>.csv    file_name, caption_1 .. caption_5 (one row per clip, UTF-8)
     clotho_metadata_<split>.csv    file_name, keywords, sound_id, ... (ISO-8859-1 in Clotho v2.1)
     <split>/*.wav                  the clips, named as in the CSVs (three names start with a space)
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -38,10 +39,13 @@ from tqdm.auto import tqdm
 
 from course_lib.config import SPLITS, Config
 from course_lib.download import fetch
+from course_lib.files import atomic_path, write_json_atomically
 
 ZENODO_URL = "https://zenodo.org/record/4783391/files"
 CAPTIONS_PER_CLIP = 5
 TABLE_COLUMNS = ["tid", "fid", "fname", "raw_text", "text", "tokens"]
+REBUILD_ADVICE = "Rebuild the dataset (delete the folder and run ensure_dataset(cfg))."
+REDOWNLOAD_ADVICE = "Delete the archive and run the step again to download it afresh."
 
 
 class ClothoError(RuntimeError):
@@ -50,10 +54,10 @@ class ClothoError(RuntimeError):
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of Zenodo record 4783391; md5 and size are None where no published value is known."""
+    """One file of Zenodo record 4783391 and its published md5; size is None where none is known."""
 
     name: str
-    md5: str | None
+    md5: str
     size: int | None
 
 
@@ -90,27 +94,24 @@ def file_url(name: str, base_url: str | None = None) -> str:
 # --- reading a Clotho-format folder ------------------------------------------------------
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Every cell as a string, spaces kept; UTF-8, else ISO-8859-1 (the metadata's encoding)."""
+def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
+    """Every cell as a string, spaces kept."""
     if not path.is_file():
         raise ClothoError(f"{path} does not exist. Run ensure_dataset(cfg) first.")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="ISO-8859-1")
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
 
 
 def read_captions(dataset_dir: Path, split: str) -> pd.DataFrame:
-    """The official captions CSV of a split: file_name, caption_1 .. caption_5."""
-    return _read_csv(Path(dataset_dir) / split_file_names(split)[1])
+    """The official captions CSV of a split (UTF-8): file_name, caption_1 .. caption_5."""
+    return _read_csv(Path(dataset_dir) / split_file_names(split)[1], "utf-8")
 
 
 def read_metadata(dataset_dir: Path, split: str) -> pd.DataFrame:
-    """The metadata CSV of a split (keywords, Freesound id and link, licence), decoded correctly."""
-    return _read_csv(Path(dataset_dir) / split_file_names(split)[2])
+    """The metadata CSV of a split (keywords, Freesound id and link, licence), decoded from ISO-8859-1."""
+    return _read_csv(Path(dataset_dir) / split_file_names(split)[2], "ISO-8859-1")
 
 
-def wav_names_on_disk(audio_dir: Path, csv_names: list[str]) -> list[str]:
+def wav_names_on_disk(audio_dir: Path, csv_names: list[str], advice: str = REBUILD_ADVICE) -> list[str]:
     """The on-disk name of each file the CSV names; fails listing every missing one.
 
     Names are matched exactly. A CSV that stores a name stripped of its leading space (like the
@@ -124,7 +125,7 @@ def wav_names_on_disk(audio_dir: Path, csv_names: list[str]) -> list[str]:
         listing = "\n  ".join(repr(name) for name in missing)
         raise ClothoError(
             f"{len(missing)} of {len(csv_names)} wav files named in the captions CSV are missing from "
-            f"{audio_dir}:\n  {listing}\nRebuild the dataset (delete the folder and run ensure_dataset(cfg))."
+            f"{audio_dir}:\n  {listing}\n{advice}"
         )
     return resolved
 
@@ -158,25 +159,40 @@ class _ExtractProgress(ExtractCallback):
 
 
 def extract_split(archive: Path, dataset_dir: Path, split: str, progress: bool = True) -> Path:
-    """Extract a split's archive into a folder beside ``<split>/``, moved into place only when complete."""
-    dataset_dir = Path(dataset_dir)
+    """Extract a split's archive into a folder beside ``<split>/``, moved into place only when complete.
+
+    A full disk or an unwritable folder keeps the archive (it is not at fault); only an archive
+    that cannot be decompressed is worth downloading again.
+    """
+    dataset_dir, destination = Path(dataset_dir), Path(dataset_dir) / split
     partial = dataset_dir / f".{split}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run
+    room = ""
     try:
         with py7zr.SevenZipFile(archive) as seven:
+            needed, free = seven.archiveinfo().uncompressed, shutil.disk_usage(dataset_dir).free
+            room = f" (about {needed / 1e9:.2g} GB for this split)"
+            if free < needed:
+                raise OSError(errno.ENOSPC, f"only {free / 1e9:.2g} GB free in {dataset_dir}")
             with tqdm(total=len(seven.getnames()), unit="file", desc=f"extract {split}", disable=not progress) as bar:
                 seven.extractall(path=partial, callback=_ExtractProgress(bar))
         folders = {path.parent for path in partial.rglob("*.wav")}
         if len(folders) != 1:
-            raise ClothoError(f"expected one folder of wav files in the archive, found {len(folders)}")
-        wav_names_on_disk(next(iter(folders)), list(read_captions(dataset_dir, split)["file_name"]))
-        destination = dataset_dir / split
+            raise ClothoError(f"{archive} should hold one folder of wav files, not {len(folders)}. {REDOWNLOAD_ADVICE}")
+        wav_names_on_disk(next(iter(folders)), list(read_captions(dataset_dir, split)["file_name"]), REDOWNLOAD_ADVICE)
         shutil.rmtree(destination, ignore_errors=True)
         os.replace(next(iter(folders)), destination)
-    except Exception as exc:
+    except ClothoError:
+        raise
+    except OSError as exc:  # the disk or the folder, not the archive
         raise ClothoError(
-            f"Extracting {archive} failed ({type(exc).__name__}: {exc}). Nothing was put in "
-            f"{dataset_dir / split}. Delete the archive and run the step again to download it afresh."
+            f"Extracting {archive} failed ({exc}). Nothing was put in {destination}. Free disk space{room} "
+            "or fix the folder's permissions, and rerun; the archive is kept."
+        ) from exc
+    except Exception as exc:  # py7zr's Bad7zFile, CrcError, lzma errors...: the archive is damaged
+        raise ClothoError(
+            f"Extracting {archive} failed: the archive is damaged ({type(exc).__name__}: {exc}). Nothing was put in "
+            f"{destination}. {REDOWNLOAD_ADVICE}"
         ) from exc
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -229,16 +245,18 @@ def ensure_dataset(cfg: Config, keep_archives: bool = True) -> Path:
 
 _APOSTROPHES = re.compile(r"['\u2019]")
 _PUNCTUATION = re.compile(r"[^\w\s-]|_")
+_LOOSE_HYPHENS = re.compile(r"(?<!\w)-|-(?!\w)")  # a hyphen not between two letters or digits
 
 
 def clean_caption(text: str) -> str:
-    """Lower case (the pronoun "I" kept), punctuation removed except hyphens, single spaces.
+    """Lower case (the pronoun "I" kept), punctuation removed except hyphens inside words, single spaces.
 
     Apostrophes are dropped ("It's" -> "its"); other punctuation becomes a space, so "dog.The"
-    splits into two words. The baseline's cleaned captions also carry 8 rewrites done by hand
-    (e.g. "beep, beep, beep" -> "beep"); those are not reproduced.
+    splits into two words, and so does a hyphen that does not join two words ("a dog - barks").
+    The baseline's cleaned captions also carry 8 rewrites done by hand (e.g. "beep, beep, beep"
+    -> "beep"); those are not reproduced.
     """
-    words = _PUNCTUATION.sub(" ", _APOSTROPHES.sub("", text)).split()
+    words = _LOOSE_HYPHENS.sub(" ", _PUNCTUATION.sub(" ", _APOSTROPHES.sub("", text))).split()
     return " ".join(word if word == "I" else word.lower() for word in words)
 
 
@@ -261,8 +279,7 @@ def build_caption_table(dataset_dir: Path, split: str, progress: bool = True) ->
         except RuntimeError as exc:  # soundfile's errors for unreadable files
             raise ClothoError(f"{audio_dir / fname} is not a readable audio file ({exc}). Rebuild the dataset.") from exc
         for number in range(1, CAPTIONS_PER_CLIP + 1):
-            raw_text = clip[f"caption_{number}"]
-            text = clean_caption(raw_text)
+            raw_text, text = clip[f"caption_{number}"], clean_caption(clip[f"caption_{number}"])
             rows.append((stable_id(split, fname, number), fid, fname, raw_text, text, repr(text.split())))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS), audio
 
@@ -294,43 +311,40 @@ def load_caption_table(cfg: Config, split: str) -> pd.DataFrame:
     return table
 
 
-def _write_atomically(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8"))
+def _read_json(path: Path) -> dict | None:
+    """A JSON object written by ensure_caption_tables; None when missing or unreadable (said so)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        value = exc
+    if not isinstance(value, dict):
+        print(f"{path} is unreadable ({value if isinstance(value, Exception) else 'not a JSON object'}); rebuilding it.")
+    return value if isinstance(value, dict) else None
 
 
 def _reusable_table(cfg: Config, split: str, audio_info: dict) -> pd.DataFrame | None:
-    """The existing table when it is newer than the captions CSV, complete and has its durations."""
+    """The existing table when it is newer than the captions CSV, complete, cleaned by today's rules and has durations."""
     path, captions_csv = table_path(cfg, split), cfg.dataset_dir / split_file_names(split)[1]
-    if split not in audio_info or not path.is_file() or path.stat().st_mtime < captions_csv.stat().st_mtime:
+    if not isinstance(audio_info.get(split), dict) or not path.is_file() or path.stat().st_mtime < captions_csv.stat().st_mtime:
         return None
     try:
         table = load_caption_table(cfg, split)
-    except (ValueError, SyntaxError, pd.errors.ParserError):
+    except (KeyError, ValueError, SyntaxError, pd.errors.ParserError):
         return None
     expected_rows = CAPTIONS_PER_CLIP * len(read_captions(cfg.dataset_dir, split))
     ok = list(table.columns) == TABLE_COLUMNS and len(table) == expected_rows == CAPTIONS_PER_CLIP * len(audio_info[split])
-    return table if ok else None
+    return table if ok and table["text"].equals(table["raw_text"].map(clean_caption)) else None
 
 
 def vocabulary_info(tables: dict[str, pd.DataFrame]) -> dict:
     """Vocabulary size overall and per split, with clip, caption and word counts."""
     word_bags = {split: Counter(word for tokens in table["tokens"] for word in tokens) for split, table in tables.items()}
     vocabulary = sorted(set().union(*word_bags.values()))
-    splits = {
-        split: {
-            "num_clips": int(table["fid"].nunique()),
-            "num_captions": len(table),
-            "num_words": sum(word_bags[split].values()),
-            "vocabulary_size": len(word_bags[split]),
-        }
-        for split, table in tables.items()
-    }
+    splits = {split: {"num_clips": int(table["fid"].nunique()), "num_captions": len(table),
+                      "num_words": sum(word_bags[split].values()), "vocabulary_size": len(word_bags[split])}
+              for split, table in tables.items()}
     return {"vocabulary_size": len(vocabulary), "splits": splits, "vocabulary": vocabulary}
 
 
@@ -339,19 +353,20 @@ def ensure_caption_tables(cfg: Config, progress: bool = True) -> dict[str, pd.Da
     ensure_dataset(cfg)
     cfg.prepared_dir.mkdir(parents=True, exist_ok=True)
     audio_info_path, vocab_info_path = cfg.prepared_dir / "audio_info.json", cfg.prepared_dir / "vocab_info.json"
-    audio_info = json.loads(audio_info_path.read_text(encoding="utf-8")) if audio_info_path.is_file() else {}
+    audio_info = _read_json(audio_info_path) or {}
     tables, rebuilt = {}, []
     for split in cfg.splits:
         tables[split] = _reusable_table(cfg, split, audio_info)
         if tables[split] is None:
             tables[split], audio_info[split] = build_caption_table(cfg.dataset_dir, split, progress)
-            _write_atomically(table_path(cfg, split), lambda tmp, t=tables[split]: t.to_csv(tmp, index=False, encoding="utf-8"))
+            with atomic_path(table_path(cfg, split)) as temporary:
+                tables[split].to_csv(temporary, index=False, encoding="utf-8")
             tables[split] = load_caption_table(cfg, split)
             rebuilt.append(split)
     check_unique_ids(tables)
-    if rebuilt or not vocab_info_path.is_file():
-        _write_json(audio_info_path, {split: audio_info[split] for split in cfg.splits})
-        _write_json(vocab_info_path, vocabulary_info(tables))
+    if rebuilt or _read_json(vocab_info_path) is None:
+        write_json_atomically(audio_info_path, {split: audio_info[split] for split in cfg.splits})
+        write_json_atomically(vocab_info_path, vocabulary_info(tables))
     reused = [split for split in cfg.splits if split not in rebuilt]
     print(f"Caption tables in {cfg.prepared_dir}: built {rebuilt or 'none'}, reused {reused or 'none'}.")
     return tables

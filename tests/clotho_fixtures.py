@@ -1,9 +1,13 @@
-"""Tiny Clotho-format folders for the tests of course_lib.clotho (not a test module itself)."""
+"""Tiny Clotho-format folders and a local file server for the tests of course_lib.clotho and
+course_lib.download (not a test module itself)."""
 
 from __future__ import annotations
 
 import csv
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import soundfile as sf
@@ -60,3 +64,53 @@ def write_clotho_folder(dataset_dir: Path, clips: dict[str, list[tuple[str, floa
     for split, split_clips in (clips or TINY_CLIPS).items():
         write_split(dataset_dir, split, split_clips)
     return dataset_dir
+
+
+class FileServer:
+    """Serves ``contents`` ({file name: bytes}) on 127.0.0.1, never the internet.
+
+    It records every request, answers 404 for unknown names and can misbehave on demand:
+    ``corrupt`` (serve the bytes reversed), ``break_once`` (send half, then close the connection)
+    and ``status`` ({name: HTTP code} answered instead of the file).
+    """
+
+    def __init__(self, contents: dict[str, bytes]) -> None:
+        self.contents = dict(contents)
+        self.requests: list[str] = []
+        self.corrupt: set[str] = set()
+        self.break_once: set[str] = set()
+        self.status: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                name = unquote(urlparse(self.path).path).rsplit("/", 1)[-1]
+                server.requests.append(name)
+                if name in server.status or name not in server.contents:
+                    self.send_error(server.status.get(name, 404))
+                    return
+                body = server.contents[name]
+                if name in server.corrupt:
+                    body = bytes(reversed(body))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if name in server.break_once:
+                    server.break_once.discard(name)
+                    self.wfile.write(body[: len(body) // 2])  # then the connection closes
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.timeout = 10
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/files"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)

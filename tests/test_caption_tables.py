@@ -27,6 +27,10 @@ from course_lib.config import BASELINE_YAML, load_config
         ("A car.The engine;stops", "a car the engine stops"),
         ("Birds chirp (far away) near_the lake", "birds chirp far away near the lake"),
         ("IT IS LOUD", "it is loud"),
+        ("A dog - barks", "a dog barks"),
+        ("A dog -- barks -then stops-", "a dog barks then stops"),
+        ("A well-known tick-tock, then a--b", "a well-known tick-tock then a b"),
+        ("A 1-2 count and a walkie_-talkie", "a 1-2 count and a walkie talkie"),
     ],
 )
 def test_clean_caption(raw, cleaned):
@@ -123,6 +127,14 @@ def test_metadata_is_decoded_from_iso_8859_1(cfg):
     assert metadata.loc[0, "file_name"] == " Ambience Birds.wav"
 
 
+def test_captions_are_decoded_from_utf_8(cfg):
+    captions_csv = cfg.dataset_dir / "clotho_captions_validation.csv"
+    captions_csv.write_text(captions_csv.read_text(encoding="utf-8").replace("I think", "Zoë thinks"), encoding="utf-8")
+    captions = clotho.read_captions(cfg.dataset_dir, "validation")
+    assert captions.loc[0, "caption_2"].startswith("Zoë thinks")
+    assert ensure_caption_tables(cfg, progress=False)["validation"].loc[1, "text"].startswith("zoë thinks")
+
+
 def test_reuse_then_rebuild_when_captions_change_or_table_is_damaged(cfg, capsys):
     ensure_caption_tables(cfg, progress=False)
     table_csv = cfg.prepared_dir / "development_text.csv"
@@ -137,10 +149,32 @@ def test_reuse_then_rebuild_when_captions_change_or_table_is_damaged(cfg, capsys
     ensure_caption_tables(cfg, progress=False)
     assert "built ['development']" in capsys.readouterr().out
 
+    cleaned_by_older_rules = pd.read_csv(table_csv, dtype=str, keep_default_na=False)
+    cleaned_by_older_rules.loc[0, "text"] += " -"
+    cleaned_by_older_rules.to_csv(table_csv, index=False)
+    ensure_caption_tables(cfg, progress=False)
+    assert "built ['development']" in capsys.readouterr().out
+
     table_csv.write_text(table_csv.read_text().splitlines()[0] + "\n")  # header only: wrong row count
     tables = ensure_caption_tables(cfg, progress=False)
     assert "built ['development']" in capsys.readouterr().out and len(tables["development"]) == 15
-    assert not list(cfg.prepared_dir.glob(".*.tmp"))
+    assert not list(cfg.prepared_dir.glob(".*.partial"))
+
+
+@pytest.mark.parametrize("name", ["audio_info.json", "vocab_info.json"])
+@pytest.mark.parametrize("damage", [b'{"development": {', b"\xff\xfe\x00garbage", b"[1, 2]"])
+def test_damaged_json_is_rebuilt_and_named(cfg, capsys, name, damage):
+    ensure_caption_tables(cfg, progress=False)
+    path = cfg.prepared_dir / name
+    good = json.loads(path.read_text(encoding="utf-8"))
+    path.write_bytes(damage)
+    capsys.readouterr()
+    ensure_caption_tables(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert f"{path} is unreadable" in out and "rebuilding it" in out
+    assert json.loads(path.read_text(encoding="utf-8")) == good
+    rebuilt_tables = name == "audio_info.json"  # the durations live there: every table is rebuilt with them
+    assert ("built none" in out) != rebuilt_tables
 
 
 def test_builds_the_dataset_first_when_missing(tmp_path, monkeypatch):

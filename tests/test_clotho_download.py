@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import py7zr
 import pytest
-from clotho_fixtures import TINY_CLIPS, write_split
+from clotho_fixtures import TINY_CLIPS, FileServer, write_split
 
 from course_lib import clotho, download
 from course_lib.clotho import CLOTHO_FILES, ClothoError, RemoteFile, download_clotho, ensure_dataset, split_file_names
@@ -35,50 +32,6 @@ def build_remote_files(folder: Path) -> dict[str, bytes]:
     return contents
 
 
-class ClothoServer:
-    """Serves ``contents`` on 127.0.0.1; can corrupt a file or break its first transfer halfway."""
-
-    def __init__(self, contents: dict[str, bytes]) -> None:
-        self.contents = dict(contents)
-        self.requests: list[str] = []
-        self.corrupt: set[str] = set()
-        self.break_once: set[str] = set()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                name = unquote(urlparse(self.path).path).rsplit("/", 1)[-1]
-                server.requests.append(name)
-                if name not in server.contents:
-                    self.send_error(404)
-                    return
-                body = server.contents[name]
-                if name in server.corrupt:
-                    body = bytes(reversed(body))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if name in server.break_once:
-                    server.break_once.discard(name)
-                    self.wfile.write(body[: len(body) // 2])  # then the connection closes
-                    return
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.timeout = 10
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/files"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def remote_contents(tmp_path_factory) -> dict[str, bytes]:
     return build_remote_files(tmp_path_factory.mktemp("remote"))
@@ -86,7 +39,7 @@ def remote_contents(tmp_path_factory) -> dict[str, bytes]:
 
 @pytest.fixture
 def server(remote_contents):
-    running = ClothoServer(remote_contents)
+    running = FileServer(remote_contents)
     yield running
     running.close()
 
@@ -171,8 +124,9 @@ def test_corrupt_archive_leaves_no_split_folder(cfg, server, files, remote_conte
     garbled = remote_contents[name][:32] + bytes(200)  # a valid 7z signature, then nothing usable
     server.contents[name] = garbled
     files = {**files, name: RemoteFile(name, hashlib.md5(garbled).hexdigest(), None)}  # md5 matches what is served
-    with pytest.raises(ClothoError, match="Extracting .*clotho_audio_evaluation.7z failed"):
+    with pytest.raises(ClothoError, match="Extracting .*clotho_audio_evaluation.7z failed: the archive is damaged") as err:
         download_clotho(cfg, splits=("evaluation",), base_url=server.url, files=files, progress=False)
+    assert "download it afresh" in str(err.value)
     assert_nothing_extracted(cfg, "evaluation")
 
 
@@ -184,8 +138,12 @@ def test_interrupted_extraction_leaves_no_split_folder_then_recovers(cfg, server
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(py7zr.SevenZipFile, "extractall", extract_then_fail)
-    with pytest.raises(ClothoError, match="No space left"):
+    with pytest.raises(ClothoError, match="No space left") as err:
         download_clotho(cfg, splits=("development",), base_url=server.url, files=files, progress=False)
+    message = str(err.value)
+    assert "Free disk space (about " in message and "GB for this split" in message and "the archive is kept" in message
+    assert "afresh" not in message
+    assert (cfg.downloads_dir / "clotho" / "clotho_audio_development.7z").is_file()
     assert_nothing_extracted(cfg, "development")
 
     monkeypatch.setattr(py7zr.SevenZipFile, "extractall", original)
@@ -193,6 +151,16 @@ def test_interrupted_extraction_leaves_no_split_folder_then_recovers(cfg, server
     download_clotho(cfg, splits=("development",), base_url=server.url, files=files, progress=False)
     assert len(server.requests) == made  # the checked archive in downloads/ was reused
     assert len(wav_names(cfg.dataset_dir / "development")) == len(TINY_CLIPS["development"])
+
+
+def test_too_little_disk_space_is_caught_before_extracting(cfg, server, files, monkeypatch):
+    real_usage = clotho.shutil.disk_usage
+    monkeypatch.setattr(clotho.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=100))
+    monkeypatch.setattr(py7zr.SevenZipFile, "extractall", lambda *args, **kwargs: pytest.fail("extraction started"))
+    with pytest.raises(ClothoError, match=r"only 1e-07 GB free .*Free disk space \(about [0-9.e-]+ GB for this split\)"):
+        download_clotho(cfg, splits=("validation",), base_url=server.url, files=files, progress=False)
+    assert (cfg.downloads_dir / "clotho" / "clotho_audio_validation.7z").is_file()
+    assert_nothing_extracted(cfg, "validation")
 
 
 def test_archive_missing_a_listed_wav_is_rejected(cfg, server, files, tmp_path):

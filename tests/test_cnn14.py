@@ -1,4 +1,5 @@
-"""course_lib.cnn14: the baseline's CNN14 encoder, PANNs transfer, loading saved weights, offline fallback.
+"""course_lib.cnn14 (the baseline's CNN14 encoder) and course_lib.panns (PANNs transfer, loading saved
+weights, the download and its offline fallback).
 
 Full-width forward passes are slow on 2 cores, so shapes are checked at width 0.125; parameter
 counts and key names at full width are checked on the meta device (no memory, no init cost).
@@ -7,29 +8,32 @@ The PANNs layout below is written from the published facts, independently of cou
 
 from __future__ import annotations
 
+import argparse
 import math
 import socket
+import threading
 import warnings
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from course_lib import cnn14
-from course_lib.cnn14 import (
-    SILENCE_LOG_MEL,
-    CNN14Encoder,
-    count_parameters,
-    describe_blocks,
-    encoder_from_config,
+from course_lib import panns
+from course_lib.cnn14 import SILENCE_LOG_MEL, CNN14Encoder, count_parameters, describe_blocks, encoder_from_config
+from course_lib.config import load_config
+from course_lib.download import DownloadError, file_md5
+from course_lib.panns import (
+    PANNS_FILENAME,
     ensure_pretrained_encoder,
+    fetch_panns_checkpoint,
     load_encoder_weights,
     random_panns_checkpoint,
     save_transferred_encoder,
     transfer_panns,
 )
-from course_lib.config import load_config
 
 SMALL = 0.125
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -227,12 +231,16 @@ def test_stand_in_checkpoint_has_pannss_exact_layout():
         assert model["bn0.num_batches_tracked"].dtype == torch.int64 and (model["bn0.running_var"] > 0).all()
 
 
-def test_transfer_from_a_file_then_save_and_reload(tmp_path):
+def test_transfer_from_a_file_then_save_and_reload(tmp_path, capsys):
     path = tmp_path / "Cnn14_small.pth"
     torch.save({"iteration": 10, **build_panns(SMALL)}, path)
     encoder, report = transfer_panns(path, width=SMALL)
+    assert capsys.readouterr().out == ""  # an int beside the tensors loads with weights_only=True, no fallback
+    stale = tmp_path / "models" / ".CNN14_300.pth.4242.partial"  # what a killed earlier save would leave
+    stale.parent.mkdir()
+    stale.write_bytes(b"half a file")
     saved = save_transferred_encoder(encoder, tmp_path / "models" / "CNN14_300.pth")
-    assert [p.name for p in saved.parent.iterdir()] == ["CNN14_300.pth"]  # no temporary left behind
+    assert [p.name for p in saved.parent.iterdir()] == ["CNN14_300.pth"]  # stale and new temporaries gone
     assert set(torch.load(saved, weights_only=True)) == set(baseline_keys())
     reloaded = load_encoder_weights(CNN14Encoder(width=SMALL), saved)
     for key, value in encoder.state_dict().items():
@@ -260,6 +268,33 @@ def test_wrong_checkpoints_get_clear_errors(tmp_path):
         transfer_panns(junk)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         transfer_panns(tmp_path / "absent.pth")
+
+
+def checkpoint_with_python_objects(path):
+    """A small PANNs-layout file that also pickles an argparse.Namespace, which weights_only=True refuses."""
+    torch.save({"iteration": 10, "sampler": argparse.Namespace(seed=1), **build_panns(SMALL)}, path)
+    with pytest.raises(Exception, match="(?i)weights only"):
+        torch.load(path, weights_only=True)
+    return path
+
+
+def test_trusted_panns_file_with_python_objects_loads_fully(tmp_path, monkeypatch, capsys):
+    path = checkpoint_with_python_objects(tmp_path / PANNS_FILENAME)
+    monkeypatch.setattr(panns, "PANNS_MD5", file_md5(path))
+    encoder, _ = transfer_panns(path, width=SMALL)
+    said = capsys.readouterr().out
+    assert "published PANNs checksum" in said and "weights_only=False" in said
+    assert torch.equal(encoder.state_dict()["cnn.0.weight"], build_panns(SMALL)["model"]["conv_block1.conv1.weight"])
+
+
+def test_untrusted_file_with_python_objects_gets_a_clear_error(tmp_path, monkeypatch):
+    path = checkpoint_with_python_objects(tmp_path / "someone_elses.pth")
+    monkeypatch.setattr(panns, "PANNS_MD5", "0" * 32)
+    with pytest.raises(ValueError, match="someone_elses.pth holds .* not the PANNs checksum") as error:
+        transfer_panns(path, width=SMALL)
+    assert "torch.load(path, weights_only=False)" in str(error.value)
+    with pytest.raises(ValueError, match="not the PANNs checksum"):
+        load_encoder_weights(CNN14Encoder(width=SMALL), path)
 
 
 # --- loading released / trained weights ------------------------------------------------------
@@ -308,30 +343,93 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/Cnn14_mAP%3D0.431.pth"
 
 
-def test_offline_falls_back_to_random_init_in_one_line(tmp_path, capsys):
+def forbid_download(*args, **kwargs):
+    raise AssertionError("course_lib.download.fetch was called")
+
+
+@pytest.fixture
+def panns_server(tmp_path):
+    """A local HTTP server (127.0.0.1) serving the files of a folder: (folder, URL of the PANNs file in it)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}/Cnn14_mAP%3D0.431.pth"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+def test_fetch_from_a_server_then_transfer(tmp_path, monkeypatch, panns_server, capsys):
+    folder, url = panns_server
+    torch.save(build_panns(SMALL), folder / PANNS_FILENAME)
+    monkeypatch.setattr(panns, "PANNS_MD5", file_md5(folder / PANNS_FILENAME))
+    cfg = load_config("clotho", data_root=tmp_path / "root")
+    path = fetch_panns_checkpoint(cfg, url=url, retries=1, timeout_seconds=10)
+    assert path == cfg.downloads_dir / PANNS_FILENAME
+    assert path.read_bytes() == (folder / PANNS_FILENAME).read_bytes()
+    assert f"Downloading {PANNS_FILENAME} (327 MB) from 127.0.0.1" in capsys.readouterr().out
+    encoder, report = transfer_panns(path, width=SMALL)
+    assert len(report.copied) == 79
+    assert torch.equal(encoder.state_dict()["cnn.44.running_var"], build_panns(SMALL)["model"]["conv_block6.bn2.running_var"])
+    (folder / PANNS_FILENAME).unlink()  # a second fetch must not need the server
+    monkeypatch.setattr(panns, "fetch", forbid_download)
+    assert fetch_panns_checkpoint(cfg, url=url) == path
+
+
+@pytest.mark.parametrize("served, kind", [(True, "checksum"), (False, "http")])
+def test_checksum_failure_or_refusal_is_raised_not_taken_for_offline(tmp_path, monkeypatch, panns_server, served, kind):
+    folder, url = panns_server
+    if served:  # a file whose md5 is not the (patched) published one; otherwise the server answers 404
+        torch.save(build_panns(SMALL), folder / PANNS_FILENAME)
+    monkeypatch.setattr(panns, "PANNS_MD5", "0" * 32)
+    cfg = load_config("clotho", data_root=tmp_path / "root")
+    with pytest.raises(DownloadError) as error:
+        ensure_pretrained_encoder(cfg, url=url, retries=1, timeout_seconds=10)
+    assert error.value.kind == kind
+    assert not (cfg.downloads_dir / PANNS_FILENAME).exists() and not (cfg.models_dir / "CNN14_300.pth").exists()
+
+
+def test_offline_falls_back_to_random_init_in_one_line_without_downloading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(panns, "fetch", forbid_download)  # the probe alone must decide: no 3 x 60 s retries
     cfg = load_config("clotho", data_root=tmp_path)
-    encoder, status = ensure_pretrained_encoder(cfg, url=closed_port_url(), retries=1, timeout_seconds=5)
-    assert status.startswith("Offline:") and "random initialisation" in status and "\n" not in status
-    assert status in capsys.readouterr().out
+    encoder, status = ensure_pretrained_encoder(cfg, url=closed_port_url())
+    assert status.startswith("Offline:") and "could not connect to 127.0.0.1" in status and "random initialisation" in status
+    assert "\n" not in status and status in capsys.readouterr().out
     assert encoder.width == 1.0 and torch.count_nonzero(encoder.fc[1].bias) == 0  # nothing was loaded
     assert not (cfg.models_dir / "CNN14_300.pth").exists()
 
 
+def test_a_download_that_keeps_breaking_off_counts_as_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(panns, "host_reachable", lambda url: True)  # the probe passes, then the transfer fails
+    cfg = load_config("clotho", data_root=tmp_path)
+    _, status = ensure_pretrained_encoder(cfg, url=closed_port_url(), retries=1, timeout_seconds=5)
+    assert status.startswith("Offline:") and "broke off" in status and "\n" not in status
+    assert not (cfg.downloads_dir / PANNS_FILENAME).exists()
+
+
 def test_pretrained_encoder_is_transferred_once_then_reused(tmp_path, monkeypatch, full_panns, capsys):
-    checkpoint = tmp_path / "downloads" / "Cnn14_mAP=0.431.pth"
+    checkpoint = tmp_path / "downloads" / PANNS_FILENAME  # already downloaded: no network needed
     checkpoint.parent.mkdir()
     torch.save(full_panns, checkpoint)
-    fetched = []
-    monkeypatch.setattr(cnn14, "fetch_panns_checkpoint", lambda cfg, url, **kw: fetched.append(url) or checkpoint)
+    monkeypatch.setattr(panns, "PANNS_MD5", file_md5(checkpoint))
+    monkeypatch.setattr(panns, "fetch", forbid_download)
+    monkeypatch.setattr(panns, "host_reachable", lambda url: False)
     cfg = load_config("clotho", data_root=tmp_path)
     first, status = ensure_pretrained_encoder(cfg)
-    assert status.startswith("Transferred") and "Copied 79 tensors" in status and len(fetched) == 1
+    assert status.startswith("Transferred") and "Copied 79 tensors" in status
     assert torch.equal(first.state_dict()["cnn.44.running_var"], full_panns["model"]["conv_block6.bn2.running_var"])
     second, status = ensure_pretrained_encoder(cfg)
-    assert status.startswith("Loaded") and len(fetched) == 1
+    assert status.startswith("Loaded")
     assert all(torch.equal(second.state_dict()[k], v) for k, v in first.state_dict().items())
     (cfg.models_dir / "CNN14_300.pth").write_bytes(b"broken")
-    ensure_pretrained_encoder(cfg)
-    assert len(fetched) == 2 and "cannot be used" in capsys.readouterr().out
+    _, status = ensure_pretrained_encoder(cfg)
+    assert status.startswith("Transferred") and "cannot be used" in capsys.readouterr().out
     for big in (checkpoint, cfg.models_dir / "CNN14_300.pth"):  # 650 MB that pytest would keep in /tmp
         big.unlink()

@@ -1,0 +1,152 @@
+"""course_lib.download.fetch: each kind of failure, against a local HTTP server (never the internet)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import socket
+import types
+
+import pooch
+import pytest
+from clotho_fixtures import FileServer
+
+from course_lib import download
+from course_lib.download import DownloadError, fetch
+
+NAME = "weights.bin"
+BODY = bytes(range(256)) * 4000  # about 1 MB: several chunks
+MD5 = hashlib.md5(BODY).hexdigest()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=lambda seconds: None))  # no pause between retries
+    running = FileServer({NAME: BODY})
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def target(tmp_path):
+    return tmp_path / "downloads" / NAME
+
+
+def get(server, target, **kwargs):
+    return fetch(f"{server.url}/{NAME}", kwargs.pop("md5", MD5), target, progress=False, **kwargs)
+
+
+def leftovers(folder):
+    return [path.name for path in folder.iterdir() if path.name != NAME] if folder.is_dir() else []
+
+
+def test_good_download_then_reuse_without_a_request(server, target):
+    assert get(server, target) == target
+    assert target.read_bytes() == BODY and server.requests == [NAME]
+    assert get(server, target) == target
+    assert server.requests == [NAME]  # the md5 of the file on disk matched: no second request
+    assert leftovers(target.parent) == []
+
+
+def test_a_wrong_file_on_disk_is_downloaded_again(server, target, capsys):
+    target.parent.mkdir()
+    target.write_bytes(b"an older version")
+    get(server, target)
+    assert target.read_bytes() == BODY and "does not match md5" in capsys.readouterr().out
+
+
+def test_checksum_mismatch_removes_the_file_and_does_not_retry(server, target):
+    server.corrupt.add(NAME)
+    with pytest.raises(DownloadError, match=f"has md5 [0-9a-f]{{32}}, not the published {MD5}") as err:
+        get(server, target)
+    assert err.value.kind == "checksum" and server.requests == [NAME]
+    assert not target.exists() and leftovers(target.parent) == []
+
+
+@pytest.mark.parametrize("url", ["htp://127.0.0.1/files/weights.bin", "127.0.0.1/files/weights.bin", "http://"])
+def test_a_malformed_url_is_named_and_not_retried(target, url, monkeypatch):
+    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=lambda seconds: pytest.fail("retried")))
+    with pytest.raises(DownloadError, match="is not a valid download address") as err:
+        fetch(url, MD5, target, progress=False)
+    assert err.value.kind == "url" and repr(url) in str(err.value) and "md5" not in str(err.value)
+    assert leftovers(target.parent) == []
+
+
+def test_not_found_is_not_retried_and_says_where_to_save(server, target):
+    url = f"{server.url}/moved.bin"
+    with pytest.raises(DownloadError, match=r"not found \(404\)") as err:
+        fetch(url, MD5, target, progress=False)
+    assert err.value.kind == "http" and url in str(err.value) and f"save it as {target}" in str(err.value)
+    assert server.requests == ["moved.bin"] and leftovers(target.parent) == []
+
+
+def test_forbidden_is_not_retried(server, target):
+    server.status[NAME] = 403
+    with pytest.raises(DownloadError, match=r"refused .*\(403 Forbidden\)") as err:
+        get(server, target)
+    assert err.value.kind == "http" and server.requests == [NAME]
+
+
+def test_server_errors_are_retried_then_blame_the_connection(server, target):
+    server.status[NAME] = 503
+    with pytest.raises(DownloadError, match="after 3 tries .*Check your internet connection") as err:
+        get(server, target)
+    assert err.value.kind == "connection" and server.requests == [NAME] * 3
+    assert not target.exists() and leftovers(target.parent) == []
+
+
+def test_a_broken_transfer_restarts_and_succeeds(server, target):
+    server.break_once.add(NAME)
+    get(server, target)
+    assert server.requests == [NAME, NAME] and target.read_bytes() == BODY
+    assert leftovers(target.parent) == []
+
+
+def test_no_server_is_a_connection_error_after_retries(target, monkeypatch):
+    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    with socket.socket() as probe:  # a port nobody listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DownloadError, match="after 2 tries") as err:
+        fetch(f"http://127.0.0.1:{port}/{NAME}", MD5, target, retries=2, timeout_seconds=5, progress=False)
+    assert err.value.kind == "connection" and isinstance(err.value.__cause__, OSError)
+
+
+def test_a_folder_that_cannot_be_created_is_a_local_problem(server, tmp_path):
+    blocker = tmp_path / "downloads"
+    blocker.write_text("a file where the folder should be")  # refused even to root, unlike chmod
+    target = blocker / "sub" / NAME
+    with pytest.raises(DownloadError, match="The problem is on this machine") as err:
+        get(server, target)
+    assert err.value.kind == "local" and str(target.parent) in str(err.value)
+    assert server.requests == []
+
+
+def test_a_full_disk_during_the_transfer_is_a_local_problem_and_not_retried(server, target, monkeypatch):
+    def write_then_fill_the_disk(self, url, output_file, pooch_instance):
+        with open(output_file, "wb") as handle:
+            handle.write(BODY[:1000])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", write_then_fill_the_disk)
+    with pytest.raises(DownloadError, match="No space left on device") as err:
+        get(server, target)
+    assert err.value.kind == "local" and "free disk space" in str(err.value)
+    assert not target.exists() and leftovers(target.parent) == []
+
+
+def test_the_partial_file_of_a_killed_download_is_swept(server, target, capsys):
+    target.parent.mkdir()
+    stale = target.parent / f".{NAME}.4242.partial"  # course_lib.files.atomic_path's temporary name
+    stale.write_bytes(BODY[:500])
+    others = [target.parent / "tmpabcd1234", target.parent / ".other.bin.4242.partial"]
+    for path in others:
+        path.write_bytes(b"not ours")
+    get(server, target)
+    assert not stale.exists() and all(path.exists() for path in others)
+    assert "removed the partial file of an interrupted download" in capsys.readouterr().out
+
+
+def test_an_md5_is_required(target):
+    with pytest.raises(ValueError, match="published md5"):
+        fetch("http://127.0.0.1/x", "", target)
