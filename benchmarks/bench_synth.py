@@ -5,7 +5,7 @@ Usage: python benchmarks/bench_synth.py [--quick] [--workers N]
   --quick : plus 100 Clotho-shaped clips (15-30 s), extrapolated to Clotho's 5929 clips
   full    : plus the real Clotho-scale run (3839/1045/1045 clips of 15-30 s, about 12 GB) in a
             temporary folder that is deleted afterwards
-Results: benchmarks/results/synth.json
+Results: benchmarks/results/synth.json (synth.quick.json with --quick)
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import soundfile as sf
+from _common import machine_info, save_results
 
 from course_lib.synth import CLOTHO_SCALE, default_settings, ensure_generated, generate_dataset
-
-RESULTS = Path(__file__).resolve().parent / "results" / "synth.json"
 
 
 def folder_size(folder: Path) -> int:
@@ -65,8 +62,10 @@ def extrapolate(measured: dict, clips: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="extrapolate Clotho scale from 100 clips (under a minute)")
-    parser.add_argument("--workers", type=int, help="processes (default: every CPU core)")
+    parser.add_argument("--workers", type=int, help="processes (default: every CPU core, at most 8)")
     args = parser.parse_args()
+    machine = machine_info("cpu")  # generation uses numpy and scipy only
+    machine["workers"] = args.workers or min(os.cpu_count() or 1, 8)  # generate_dataset's default from 32 clips on
 
     synth = default_settings()
     rows = [run("default (synthetic profile)", synth["clips"], synth["min_seconds"], synth["max_seconds"], args.workers)]
@@ -79,21 +78,13 @@ def main() -> int:
         rows.append(run("Clotho scale (3839/1045/1045)", CLOTHO_SCALE["clips"], CLOTHO_SCALE["min_seconds"],
                         CLOTHO_SCALE["max_seconds"], args.workers))
 
-    import torch
-
-    machine = {"cpu_count": os.cpu_count(), "workers": args.workers or os.cpu_count(), "python": platform.python_version(),
-               "platform": platform.platform(), "torch": torch.__version__, "device": "cpu (generation uses numpy/scipy only)"}
     print(f"\n{'run':<40} {'clips':>6} {'audio h':>8} {'seconds':>9} {'x real time':>12} {'MB on disk':>11} {'reuse s':>8}")
     for row in rows:
         reuse = "" if row["reuse_check_seconds"] is None else f"{row['reuse_check_seconds']:.3f}"
         print(f"{row['name']:<40} {row['clips']:>6} {row['audio_hours']:>8.2f} {row['generate_seconds']:>9.1f} "
               f"{row['times_faster_than_real_time']:>12.0f} {row['bytes_on_disk'] / 1e6:>11.1f} {reuse:>8}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    report = {"benchmark": "synth", "quick": args.quick, "machine": machine, "runs": rows}
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, RESULTS)
-    print(f"\nSaved {RESULTS}")
+    print()
+    save_results("synth", {"benchmark": "synth", "quick": args.quick, "machine": machine, "runs": rows})
     return 0
 
 

@@ -13,8 +13,8 @@ other window lengths and mel bands reaching 24 kHz. Here every clip is first res
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -30,10 +30,15 @@ from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from course_lib.clotho import ensure_caption_tables, load_caption_table
+from course_lib.files import atomic_path, remove_stale, write_json_atomically
 
 SAMPLE_RATE = 44_100  # Clotho's rate; every clip is brought to it before framing
 RESAMPLE_TYPE = "soxr_hq"  # librosa's default resampler since 0.10, named so it cannot drift
 BLAS = ThreadpoolController()  # to run the mel matrix product on one BLAS thread (see log_mel)
+# ensure_features' default: one process below this many clips in a split, every core from it on. On 2 cores,
+# starting the workers took 2.2 s the first time in a session (the fork server, see process_pool) and 0.1 s
+# later; two processes won that back from about 400 clips of 15-30 s (benchmarks/results/features.json).
+PARALLEL_FROM_CLIPS = 500
 
 
 class FeatureExtractionError(RuntimeError):
@@ -121,7 +126,8 @@ def log_mel(samples: np.ndarray, sample_rate: int, params: FeatureParams | None 
     params = params or FeatureParams()
     mono = resample(to_mono(samples), sample_rate, params.sample_rate)
     # One BLAS thread: the result no longer depends on the machine's thread count (summation order),
-    # and it is faster, since extra threads only compete for cores (measured 4x on a busy 2-core machine).
+    # and it is never slower: on 2 cores, 2 BLAS threads ran as fast when the machine was quiet and 4-6x
+    # slower when other programs were busy (benchmarks/bench_features.py), since they then compete for cores.
     with BLAS.limit(limits=1, user_api="blas"):
         mel = librosa.feature.melspectrogram(
             y=mono, sr=params.sample_rate, n_fft=params.n_fft, hop_length=params.hop_length, win_length=params.win_length,
@@ -228,35 +234,51 @@ def extract_clip(job: tuple[str, str, FeatureParams]) -> tuple[str, np.ndarray |
         return fid, None, f"{type(exc).__name__}: {exc}"
 
 
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes started by a fork server (spawned where there is none), never forked from this process.
+
+    Forking a process that runs threads (a Jupyter kernel, torch) can deadlock the child; Python 3.12 warns
+    about it and 3.14 no longer forks by default. The fork server is started once per Python session (a
+    few seconds) and imports this module and librosa's feature code first, so every worker it forks starts warm.
+    A script that builds features must therefore keep its top-level code under ``if __name__ == "__main__":``.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("forkserver")
+    # librosa imports its modules lazily, on a process's first clip (about a second); the server imports them
+    # once, before it forks any worker. The list has no effect once the server runs (it serves the whole session).
+    context.set_forkserver_preload(["course_lib.features", "librosa.core.audio", "librosa.feature.spectral"])
+    return ProcessPoolExecutor(workers, mp_context=context)
+
+
+def default_workers(n_clips: int) -> int:
+    """One process for a small split (starting workers would cost more than it saves), else every core."""
+    return 1 if n_clips < PARALLEL_FROM_CLIPS else os.cpu_count() or 1
+
+
 def extract_all(jobs: list[tuple[str, str, FeatureParams]], workers: int | None, desc: str) -> Iterator[tuple]:
-    """Run extract_clip over the jobs, in order, on `workers` processes (None: all cores; 1: this process)."""
-    workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
+    """Run extract_clip over the jobs, in order, on `workers` processes (None: default_workers; 1: this process)."""
+    workers = min(workers or default_workers(len(jobs)), max(len(jobs), 1))
     if workers == 1:
         yield from tqdm(map(extract_clip, jobs), total=len(jobs), desc=desc, unit="clip")
         return
     chunksize = max(1, len(jobs) // (workers * 8))
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = process_pool(workers)
     try:
         yield from tqdm(pool.map(extract_clip, jobs, chunksize=chunksize), total=len(jobs), desc=desc, unit="clip")
     finally:  # on an error or Ctrl-C, drop the clips not yet started instead of waiting for them all
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def write_json_atomically(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_split(cfg, split: str, files: dict[str, Path], params: FeatureParams, workers: int | None, skip_bad: bool) -> Path:
     """Extract every clip of a split into a temporary HDF5 file, then move it into place."""
     target = features_path(cfg, split)
+    for leftover in remove_stale(target.parent, target.name):  # a run killed before it could clean up
+        print(f"{split}: removed {leftover.name}, left by an interrupted run")
     jobs = [(fid, str(path), params) for fid, path in files.items()]
     bad: list[dict[str, str]] = []
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{split}_", suffix=".hdf5.tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as h5:
+    with atomic_path(target) as temporary:  # removed again if anything below fails
+        with h5py.File(temporary, "w") as h5:
             h5.attrs.update(params.attrs())
             for fid, features, error in extract_all(jobs, workers, desc=f"log-mels {split}"):
                 if error is None:
@@ -265,16 +287,13 @@ def build_split(cfg, split: str, files: dict[str, Path], params: FeatureParams, 
                     bad.append({"fid": fid, "fname": files[fid].name, "error": error})
         if bad and (not skip_bad or len(bad) == len(jobs)):
             raise FeatureExtractionError(bad_files_message(split, bad, len(jobs), skip_bad))
-        if bad:
-            write_json_atomically(skipped_path(cfg, split), bad)
-            print(f"{split}: skipped {len(bad)} unreadable files (listed in {skipped_path(cfg, split)}):")
-            for item in bad:
-                print(f"  {item['fname']!r}: {item['error']}")
-        else:
-            skipped_path(cfg, split).unlink(missing_ok=True)
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    if bad:
+        write_json_atomically(skipped_path(cfg, split), bad)
+        print(f"{split}: skipped {len(bad)} unreadable files (listed in {skipped_path(cfg, split)}):")
+        for item in bad:
+            print(f"  {item['fname']!r}: {item['error']}")
+    else:
+        skipped_path(cfg, split).unlink(missing_ok=True)
     return target
 
 
@@ -298,9 +317,11 @@ def read_skipped(cfg, split: str) -> list[str]:
 
 
 def ensure_features(cfg, workers: int | None = None, skip_bad: bool = False) -> dict[str, Path]:
-    """Build (or reuse when valid) {split}_audio_logmels.hdf5 for every split; returns {split: path}."""
-    if not all((cfg.prepared_dir / f"{split}_text.csv").is_file() for split in cfg.splits):
-        ensure_caption_tables(cfg)
+    """Build (or reuse when valid) {split}_audio_logmels.hdf5 for every split; returns {split: path}.
+
+    workers: processes extracting features (None: one for a split under PARALLEL_FROM_CLIPS clips, else every core).
+    """
+    ensure_caption_tables(cfg)  # quick when they are valid; rebuilt when a captions CSV changed
     cfg.prepared_dir.mkdir(parents=True, exist_ok=True)
     params = FeatureParams.from_config(cfg)
     paths = {}

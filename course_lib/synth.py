@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -32,7 +33,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from course_lib.config import BASELINE_YAML, SPLITS, Config, ConfigError, load_config, read_yaml
-from course_lib.synth_captions import describe_scene
+from course_lib.synth_captions import describe_scene, pick
 from course_lib.synth_scenes import EVENT_TYPES, SAMPLE_RATE, Scene, event_catalogue, render_scene, sample_scene
 
 __all__ = ["generate_dataset", "ensure_synthetic_dataset", "event_catalogue", "CLOTHO_SCALE", "MARKER"]
@@ -67,33 +68,29 @@ def default_settings() -> dict:
 
 def _title(scene: Scene, rng: np.random.Generator) -> str:
     """A Freesound-like title: words from the main event (and background), underscores, a number."""
-    word = _choice(rng, EVENT_TYPES[scene.events[0].name].titles)
+    word = pick(rng, EVENT_TYPES[scene.events[0].name].titles)
     style = int(rng.integers(4))
     if style == 1:
-        word = f"{_choice(rng, BACKGROUND_TITLES[scene.background])} {word.lower()}"
+        word = f"{pick(rng, BACKGROUND_TITLES[scene.background])} {word.lower()}"
     elif style == 2 and len(scene.events) > 1:
-        word = f"{word} and {_choice(rng, EVENT_TYPES[scene.events[1].name].titles).lower()}"
+        word = f"{word} and {pick(rng, EVENT_TYPES[scene.events[1].name].titles).lower()}"
     elif style == 3:
         word = f"{word} {scene.events[0].pitch or scene.events[0].loudness}"
     if rng.random() < 0.4:
         word = word.replace(" ", "_")
     number = int(rng.integers(1, 40))
-    return word + _choice(rng, ("", f" {number}", f"_{number:02d}", f"_{number}-{number + 1}", f" {number:03d}"))
-
-
-def _choice(rng: np.random.Generator, options: tuple[str, ...]) -> str:
-    return options[int(rng.integers(len(options)))]
+    return word + pick(rng, ("", f" {number}", f"_{number:02d}", f"_{number}-{number + 1}", f" {number:03d}"))
 
 
 def _metadata(file_name: str, scene: Scene, rng: np.random.Generator) -> dict[str, str]:
     """Plausible made-up Freesound metadata in Clotho's columns."""
     keywords = [k for e in scene.events for k in EVENT_TYPES[e.name].keywords[:3]] + [scene.background, "field-recording"]
-    sound_id, user = int(rng.integers(10_000, 700_000)), _choice(rng, USERS)
+    sound_id, user = int(rng.integers(10_000, 700_000)), pick(rng, USERS)
     start = int(rng.integers(0, 20 * SAMPLE_RATE))
     return {"file_name": file_name, "keywords": ";".join(dict.fromkeys(keywords)), "sound_id": str(sound_id),
             "sound_link": f"https://freesound.org/people/{user}/sounds/{sound_id}/",
             "start_end_samples": f"[{start}, {start + int(round(scene.seconds * SAMPLE_RATE))}]",
-            "manufacturer": user, "license": _choice(rng, LICENSES)}
+            "manufacturer": user, "license": pick(rng, LICENSES)}
 
 
 def plan_split(split: str, n_clips: int, seed: int, min_seconds: float, max_seconds: float) -> list[Clip]:
@@ -120,6 +117,17 @@ def _write_clip(task: tuple[str, Scene, int, int, int]) -> int:
     audio = render_scene(scene, np.random.default_rng([seed, split_index, index, 1]))
     sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
     return os.path.getsize(path)
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """Fresh worker processes ("spawn"), never forked from this one.
+
+    Forking a process that runs threads (a Jupyter kernel) can deadlock the child; Python 3.12 warns about
+    it. A spawned worker imports this module again (numpy, scipy, soundfile: well under a second), a cost
+    paid once per dataset. The fork server is left to course_lib.features, which preloads heavier modules
+    into it. A script calling generate_dataset must keep its top-level code under ``if __name__ == "__main__":``.
+    """
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _write_csvs(folder: Path, split: str, clips: list[Clip]) -> None:
@@ -171,14 +179,18 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, clips: int | dict[str, 
                       for i, c in enumerate(clips_of_split)]
             _write_csvs(partial, split, clips_of_split)
         workers = workers or (min(os.cpu_count() or 1, 8) if total >= 32 else 1)
-        bar = tqdm(total=total, desc="synthesising clips", unit="clip", disable=not progress)
-        if workers == 1:
-            bar.update(sum(1 for task in tasks if _write_clip(task)))
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                for _ in pool.map(_write_clip, tasks, chunksize=max(1, min(16, total // (4 * workers)))):
+        with tqdm(total=total, desc="synthesising clips", unit="clip", disable=not progress) as bar:
+            if workers == 1:
+                for task in tasks:
+                    _write_clip(task)
                     bar.update()
-        bar.close()
+            else:
+                pool = _process_pool(workers)
+                try:
+                    for _ in pool.map(_write_clip, tasks, chunksize=max(1, min(16, total // (4 * workers)))):
+                        bar.update()
+                finally:  # on an error or Ctrl-C, drop the clips not yet started instead of waiting for them all
+                    pool.shutdown(wait=True, cancel_futures=True)
         files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
         (partial / MARKER).write_text(json.dumps({"parameters": params, "files": files}, indent=1), encoding="utf-8")
         _replace_folder(partial, out_dir)

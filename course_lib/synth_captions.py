@@ -7,9 +7,14 @@ mentions a random few of each event's attributes with varied wording, sometimes 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import numpy as np
 
 from course_lib.synth_scenes import EVENT_TYPES, SEGMENTS, Event, Scene
+
+T = TypeVar("T")
 
 LOUDNESS_WORDS = {"loud": (("loud",), ("loudly",)), "quiet": (("quiet", "soft", "faint"), ("quietly", "softly", "faintly"))}
 PITCH_WORDS = {"high": (("high-pitched", "high"), ("with a high pitch", "in a high tone")),
@@ -41,42 +46,43 @@ JOINS = {"sequence": (", then", " and then", ", after which", " before", ", and 
          "overlap": (" while", " as", ", and at the same time", " and meanwhile")}
 
 
-def _pick(rng: np.random.Generator, options: tuple) -> str:
+def pick(rng: np.random.Generator, options: Sequence[T]) -> T:
+    """One of the options, drawn with ``rng`` (one integer draw, so the generator's stream stays reproducible)."""
     return options[int(rng.integers(len(options)))]
 
 
 def _clause(event: Event, mention: set[str], rng: np.random.Generator, position_first: bool) -> str:
     """One event in words, e.g. 'a deep bell rings slowly over and over at the start'."""
     kind = EVENT_TYPES[event.name]
-    article, noun = kind.subjects[int(rng.integers(len(kind.subjects)))]
+    article, noun = pick(rng, kind.subjects)
     adjectives, adverbs, manner = [], [], ""
     if "loudness" in mention:
         as_adjective, as_adverb = LOUDNESS_WORDS[event.loudness]
         if rng.random() < 0.6:
-            adjectives.append(_pick(rng, as_adjective))
+            adjectives.append(pick(rng, as_adjective))
         else:
-            manner = " " + _pick(rng, as_adverb)
+            manner = " " + pick(rng, as_adverb)
     if "pitch" in mention:
         as_adjective, as_phrase = PITCH_WORDS[event.pitch]
-        (adjectives.append(_pick(rng, as_adjective)) if rng.random() < 0.6 else adverbs.append(_pick(rng, as_phrase)))
+        (adjectives.append(pick(rng, as_adjective)) if rng.random() < 0.6 else adverbs.append(pick(rng, as_phrase)))
     if "rate" in mention:
-        adverbs.append(_pick(rng, (SIREN_RATE_WORDS if event.name == "siren" else RATE_WORDS)[event.rate]))
+        adverbs.append(pick(rng, (SIREN_RATE_WORDS if event.name == "siren" else RATE_WORDS)[event.rate]))
     described = " ".join([*adjectives, noun])
     if article:
         described = ("an " if described[0] in "aeiou" else "a ") + described
-    verb, gerund = _pick(rng, kind.verbs), _pick(rng, kind.gerunds)
-    body = _pick(rng, (f"{described} {verb}", f"{described} is {gerund}", f"there is {described} {gerund}",
+    verb, gerund = pick(rng, kind.verbs), pick(rng, kind.gerunds)
+    body = pick(rng, (f"{described} {verb}", f"{described} is {gerund}", f"there is {described} {gerund}",
                        f"{described} can be heard {gerund}"))
     body += manner  # "loudly" right after the verb, then "in a high tone", "slowly over and over" in any order
     if adverbs:
-        body += " " + _pick(rng, (" ", ", ")).join(str(a) for a in rng.permutation(adverbs))
+        body += " " + pick(rng, (" ", ", ")).join(str(a) for a in rng.permutation(adverbs))
     if "dynamics" in mention:  # "steadily", or a participle ("fading away") after a comma or not
-        body += (" " if event.dynamics == "steady" else _pick(rng, (" ", ", "))) + _pick(rng, DYNAMICS_WORDS[event.dynamics])
+        body += (" " if event.dynamics == "steady" else pick(rng, (" ", ", "))) + pick(rng, DYNAMICS_WORDS[event.dynamics])
     if "position" not in mention:
         return body
     if position_first:
-        return f"{_pick(rng, POSITION_BEFORE[event.position])}, {body}"
-    return f"{body} {_pick(rng, POSITION_AFTER[event.position])}"
+        return f"{pick(rng, POSITION_BEFORE[event.position])}, {body}"
+    return f"{body} {pick(rng, POSITION_AFTER[event.position])}"
 
 
 def _overlap(a: Event, b: Event) -> bool:
@@ -97,14 +103,14 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
         if i:
             used = text.replace(",", "").split()  # no second "then" or "while" in one caption
             joins = [j for j in JOINS["overlap" if _overlap(ordered[i - 1], event) else "sequence"] if j.split()[-1] not in used]
-            clause = _pick(rng, tuple(joins)) + " " + clause
+            clause = pick(rng, tuple(joins)) + " " + clause
         text += clause
     where = rng.random()
     if where < 0.2 and not position_first:
-        text = f"{_pick(rng, BACKGROUND_BEFORE[scene.background])}, {text}"
+        text = f"{pick(rng, BACKGROUND_BEFORE[scene.background])}, {text}"
     elif where < 0.4:
         after = [b for b in BACKGROUND_AFTER[scene.background] if not ("while" in b and "while" in text)]  # one "while" only
-        text = f"{text} {_pick(rng, tuple(after))}"
+        text = f"{text} {pick(rng, tuple(after))}"
     return text[0].upper() + text[1:] + ("." if rng.random() < 0.5 else "")
 
 

@@ -14,13 +14,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from course_lib import clotho
+from course_lib import clotho, features
 from course_lib.clotho import load_caption_table
 from course_lib.config import load_config
 from course_lib.features import (
+    PARALLEL_FROM_CLIPS,
     FeatureExtractionError,
     FeatureParams,
     TorchLogMel,
+    default_workers,
     ensure_features,
     frame_count,
     load_audio,
@@ -267,6 +269,58 @@ def test_a_file_older_than_its_wavs_is_rebuilt(cfg, capsys):
     assert "evaluation: reusing" in out and paths["evaluation"].stat().st_mtime_ns == untouched
 
 
+def test_a_changed_captions_csv_rebuilds_the_caption_table_and_the_features(cfg, capsys):
+    paths = ensure_features(cfg, workers=1)
+    csv_path = cfg.dataset_dir / "clotho_captions_validation.csv"
+    header, kept, _dropped = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)  # _dropped: rain.wav
+    csv_path.write_text(header + kept, encoding="utf-8")
+    later = paths["validation"].stat().st_mtime + 10  # newer than the tables, whatever the clock's resolution
+    os.utime(csv_path, (later, later))
+    capsys.readouterr()
+    ensure_features(cfg, workers=1)
+    out = capsys.readouterr().out
+    assert "validation: building" in out and "1 clips not in the caption table" in out
+    assert list(load_caption_table(cfg, "validation")["fname"].unique()) == [" e ieio ieai.wav"]
+    with h5py.File(paths["validation"], "r") as h5:
+        assert list(h5.keys()) == [fid_of(cfg, "validation", " e ieio ieai.wav")]
+
+
+def temporaries(cfg) -> list[str]:
+    """Files in the prepared folder that are not finished artifacts (atomic_path's temporary names)."""
+    return sorted(path.name for path in cfg.prepared_dir.iterdir() if path.name.startswith("."))
+
+
+def test_a_temporary_left_by_a_killed_run_is_removed(cfg, capsys):
+    cfg.prepared_dir.mkdir(parents=True)
+    leftover = cfg.prepared_dir / ".development_audio_logmels.hdf5.999999.partial"  # what a hard kill leaves behind
+    leftover.write_bytes(b"half an HDF5 file")
+    ensure_features(cfg, workers=1)
+    assert "removed .development_audio_logmels.hdf5.999999.partial" in capsys.readouterr().out
+    assert temporaries(cfg) == []
+
+
+def test_a_build_that_fails_midway_leaves_no_temporary_and_no_file(cfg, monkeypatch):
+    extract_clip, calls = features.extract_clip, []
+
+    def fail_on_the_second_clip(job):
+        calls.append(job)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # like Ctrl-C in the middle of a split
+        return extract_clip(job)
+
+    monkeypatch.setattr(features, "extract_clip", fail_on_the_second_clip)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_features(cfg, workers=1)
+    assert len(calls) == 2
+    assert temporaries(cfg) == []
+    assert not (cfg.prepared_dir / "development_audio_logmels.hdf5").exists()
+
+
+def test_small_splits_use_one_process_by_default():
+    assert default_workers(PARALLEL_FROM_CLIPS - 1) == 1
+    assert default_workers(PARALLEL_FROM_CLIPS) == (os.cpu_count() or 1)
+
+
 def test_a_corrupt_file_is_rebuilt(cfg):
     paths = ensure_features(cfg, workers=1)
     paths["evaluation"].write_bytes(b"not an HDF5 file")
@@ -292,8 +346,7 @@ def test_unreadable_wavs_fail_naming_every_one_and_leave_nothing(cfg):
     message = str(error.value)
     assert all(repr(name) in message for name in names)
     assert "2 of 3 development" in message and "skip_bad=True" in message
-    leftovers = [path.name for path in cfg.prepared_dir.iterdir() if "logmels" in path.name or "tmp" in path.name]
-    assert leftovers == []
+    assert not list(cfg.prepared_dir.glob("*logmels*")) and temporaries(cfg) == []
 
 
 def test_skip_bad_saves_the_skipped_list_and_is_reused(cfg, capsys):

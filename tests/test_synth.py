@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from course_lib import synth
 from course_lib.config import BASELINE_YAML, ConfigError, load_config
 from course_lib.synth import MARKER, SHARED_NAME, ensure_synthetic_dataset, event_catalogue, generate_dataset
 from course_lib.synth_captions import describe_scene
@@ -104,6 +105,27 @@ def test_same_seed_same_bytes_whatever_the_workers(tiny, tmp_path):
     assert all_files(again) == all_files(tiny)
     other = generate_dataset(tmp_path / "other", seed=4, workers=1, progress=False, **TINY)
     assert all_files(other)["clotho_captions_development.csv"] != all_files(tiny)["clotho_captions_development.csv"]
+
+
+def test_progress_moves_clip_by_clip_in_one_process(tmp_path, monkeypatch):
+    updates = []
+
+    class RecordingBar:
+        def __init__(self, total: int, **options):
+            self.total = total
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n: int = 1):
+            updates.append(n)
+
+    monkeypatch.setattr(synth, "tqdm", RecordingBar)
+    generate_dataset(tmp_path / "bar", seed=3, workers=1, **TINY)
+    assert updates == [1] * sum(TINY["clips"].values())
 
 
 def small_config(tmp_path: Path, seed: int = 0):
