@@ -16,8 +16,10 @@ every failure ends in a ``DownloadError`` whose ``kind`` says which of these it 
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pooch
 import requests
@@ -140,3 +142,16 @@ def fetch(url: str, md5: str, path: Path, retries: int = 3, timeout_seconds: flo
         f"and save it as {path}.",
         "connection",
     ) from last_error
+
+
+def host_reachable(url: str, timeout_seconds: float = 3.0) -> bool:
+    """Whether the host of ``url`` accepts a connection within a few seconds (so offline never means a long wait)."""
+    parts = urlparse(url)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_seconds):
+            return True
+    except OSError:
+        return False

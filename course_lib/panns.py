@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from urllib.parse import urlparse
 import torch
 
 from course_lib.cnn14 import BLOCK_CHANNELS, MODULES_PER_BLOCK, N_MELS, CNN14Encoder, encoder_from_config
-from course_lib.download import DownloadError, fetch, file_md5
+from course_lib.download import DownloadError, fetch, file_md5, host_reachable
 from course_lib.files import atomic_path, remove_stale
 
 PANNS_URL = "https://zenodo.org/record/3987831/files/Cnn14_mAP%3D0.431.pth?download=1"
@@ -253,19 +252,6 @@ def save_transferred_encoder(encoder: CNN14Encoder, path: str | Path) -> Path:
 # --- getting the PANNs checkpoint -----------------------------------------------------------
 
 
-def host_reachable(url: str, timeout_seconds: float = PROBE_SECONDS) -> bool:
-    """Whether the host of ``url`` accepts a connection within the timeout (a few seconds, not minutes)."""
-    parts = urlparse(url)
-    if not parts.hostname:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout_seconds):
-            return True
-    except OSError:
-        return False
-
-
 def fetch_panns_checkpoint(cfg: Any, url: str = PANNS_URL, retries: int = 3, timeout_seconds: float = 60.0) -> Path:
     """PANNs' Cnn14_mAP=0.431.pth (327 MB, md5-checked) in cfg.downloads_dir, downloaded once.
 
@@ -276,7 +262,7 @@ def fetch_panns_checkpoint(cfg: Any, url: str = PANNS_URL, retries: int = 3, tim
     if path.is_file() and file_md5(path) == PANNS_MD5:
         return path
     host = urlparse(url).netloc
-    if not host_reachable(url):
+    if not host_reachable(url, PROBE_SECONDS):
         raise ConnectionError(f"could not connect to {host} within {PROBE_SECONDS:g} s")
     print(f"Downloading {PANNS_FILENAME} ({PANNS_BYTES / 1e6:.0f} MB) from {host} into {path.parent}.")
     try:

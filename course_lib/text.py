@@ -14,14 +14,13 @@ are dropped, and a cache from another model (or an unreadable one) is rebuilt.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import numpy as np
 
 from course_lib.config import Config, resolve_device
+from course_lib.download import host_reachable
 from course_lib.files import remove_stale
 from course_lib.text_cache import (
     CacheError,
@@ -77,14 +76,7 @@ def hub_reachable(timeout_seconds: float = 3.0) -> bool:
         return False
     from huggingface_hub import constants
 
-    endpoint = urlparse(constants.ENDPOINT)
-    if not endpoint.hostname:
-        return False
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_seconds):
-            return True
-    except OSError:
-        return False
+    return host_reachable(constants.ENDPOINT, timeout_seconds)
 
 
 def check_model_folder(folder: Path) -> Path:

@@ -407,7 +407,7 @@ def test_offline_falls_back_to_random_init_in_one_line_without_downloading(tmp_p
 
 
 def test_a_download_that_keeps_breaking_off_counts_as_offline(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(panns, "host_reachable", lambda url: True)  # the probe passes, then the transfer fails
+    monkeypatch.setattr(panns, "host_reachable", lambda url, seconds: True)  # the probe passes, then the transfer fails
     cfg = load_config("clotho", data_root=tmp_path)
     _, status = ensure_pretrained_encoder(cfg, url=closed_port_url(), retries=1, timeout_seconds=5)
     assert status.startswith("Offline:") and "broke off" in status and "\n" not in status
@@ -420,7 +420,7 @@ def test_pretrained_encoder_is_transferred_once_then_reused(tmp_path, monkeypatc
     torch.save(full_panns, checkpoint)
     monkeypatch.setattr(panns, "PANNS_MD5", file_md5(checkpoint))
     monkeypatch.setattr(panns, "fetch", forbid_download)
-    monkeypatch.setattr(panns, "host_reachable", lambda url: False)
+    monkeypatch.setattr(panns, "host_reachable", lambda url, seconds: False)
     cfg = load_config("clotho", data_root=tmp_path)
     first, status = ensure_pretrained_encoder(cfg)
     assert status.startswith("Transferred") and "Copied 79 tensors" in status

@@ -150,3 +150,17 @@ def test_the_partial_file_of_a_killed_download_is_swept(server, target, capsys):
 def test_an_md5_is_required(target):
     with pytest.raises(ValueError, match="published md5"):
         fetch("http://127.0.0.1/x", "", target)
+
+
+def test_host_reachable_answers_quickly_either_way():
+    import socket
+
+    from course_lib.download import host_reachable
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        assert host_reachable(f"http://127.0.0.1:{port}/file", timeout_seconds=1.0)
+    assert not host_reachable(f"http://127.0.0.1:{port}/file", timeout_seconds=1.0)  # closed now
+    assert not host_reachable("not a url")
