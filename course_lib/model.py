@@ -1,0 +1,125 @@
+"""The dual encoder: clips and captions mapped into one 300-d space where a dot product scores a match.
+
+Taught in notebook 05. As in the baseline (models/core.py, ``DualEncoderModel``):
+
+    audio_enc   CNN14Encoder: log-mels (B, T, 64) -> (B, 300), trained
+    text_enc    frozen Sentence-BERT caption vectors (B, d) -> fc = Linear(d, 300), the only trained text part
+    both outputs are L2-normalised, so the dot product of two embeddings is their cosine similarity.
+
+Parameter names keep the baseline's prefixes (``audio_enc.*``, ``text_enc.fc.*``). The baseline's
+text_enc also stored the frozen SBERT table as ``text_enc.embedding.weight``; here the caption
+vectors are read from the embeddings file instead, so that key is absent (load a released
+checkpoint with ``strict=False`` and check that only it is left over).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.cnn14 import CNN14Encoder
+
+OUT_DIM = 300  # the baseline's shared embedding size
+
+
+class TextProjection(nn.Module):
+    """The trainable part of the baseline's text encoder: caption vectors (B, d) -> (B, out_dim)."""
+
+    def __init__(self, text_dim: int, out_dim: int = OUT_DIM):
+        super().__init__()
+        self.fc = nn.Linear(text_dim, out_dim)
+        nn.init.kaiming_normal_(self.fc.weight)  # the baseline's init: Kaiming normal, zero bias
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, caption_vectors: torch.Tensor) -> torch.Tensor:
+        return self.fc(caption_vectors)
+
+
+class DualEncoder(nn.Module):
+    """CNN14 audio branch and caption projection, both ending in unit-length 300-d embeddings."""
+
+    def __init__(self, audio_enc: CNN14Encoder, text_dim: int, pad_value: float = 0.0):
+        super().__init__()
+        self.audio_enc = audio_enc
+        self.text_enc = TextProjection(text_dim, audio_enc.out_dim)
+        self.pad_value = float(pad_value)  # how clips of a batch were padded in training; embed_clips does the same
+
+    def audio_branch(self, log_mels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.audio_enc(log_mels), p=2, dim=-1)
+
+    def text_branch(self, caption_vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_enc(caption_vectors), p=2, dim=-1)
+
+    def forward(self, audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.audio_branch(audio), self.text_branch(text)
+
+
+@torch.no_grad()
+def embed_clips(
+    model: DualEncoder, h5_path: str | Path, fids: list[str] | np.ndarray, batch_size: int = 32, device: str = "cpu"
+) -> np.ndarray:
+    """(N, 300) unit embeddings of whole clips, in the order of ``fids``. Taught in notebook 05.
+
+    Clips are batched by length (one forward a batch, little padding), padded with the value the model was trained with.
+    """
+    model.eval().to(device)
+    with h5py.File(h5_path, "r") as h5:
+        clips = [_read_clip(h5, str(fid), h5_path) for fid in fids]
+    order = np.argsort([len(clip) for clip in clips], kind="stable")
+    out = np.zeros((len(clips), model.audio_enc.out_dim), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = _pad([torch.from_numpy(clips[row]) for row in rows], model.pad_value).to(device)
+        out[rows] = model.audio_branch(batch).float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def embed_captions(model: DualEncoder, vectors: np.ndarray, batch_size: int = 4096, device: str = "cpu") -> np.ndarray:
+    """(M, 300) unit embeddings of caption vectors (M, d). Taught in notebook 05."""
+    model.eval().to(device)
+    vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+    parts = [model.text_branch(vectors[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(vectors), batch_size)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.text_enc.fc.out_features), dtype=np.float32)
+
+
+def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu") -> DualEncoder:
+    """The trained DualEncoder (eval mode) from a checkpoint file, or the profile's best one for a Config."""
+    if isinstance(cfg_or_checkpoint_path, str | Path):
+        path = Path(cfg_or_checkpoint_path)
+    else:
+        from course_lib.train import best_checkpoint_path  # train imports this module: import here
+
+        path = best_checkpoint_path(cfg_or_checkpoint_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No trained model at {path}. Train one with course_lib.train.ensure_trained(cfg) (notebook 05).")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = model_from_identity(checkpoint["identity"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+def model_from_identity(identity: dict[str, Any]) -> DualEncoder:
+    """A fresh DualEncoder with the sizes a training run recorded (width, out_dim, text_dim, pad value)."""
+    audio_enc = CNN14Encoder(out_dim=int(identity["out_dim"]), width=float(identity["width"]))
+    return DualEncoder(audio_enc, int(identity["text_dim"]), pad_value=float(identity["pad_value"]))
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _read_clip(h5: h5py.File, fid: str, h5_path: str | Path) -> np.ndarray:
+    if fid not in h5:
+        raise KeyError(f"No log-mel for fid {fid!r} in {h5_path}. Rebuild it with course_lib.features.ensure_features(cfg).")
+    return np.asarray(h5[fid][()], dtype=np.float32)
+
+
+def _pad(clips: list[torch.Tensor], value: float) -> torch.Tensor:
+    """(B, T_max, 64): clips right-padded to the longest with ``value``."""
+    return nn.utils.rnn.pad_sequence(clips, batch_first=True, padding_value=value)
