@@ -1,4 +1,4 @@
-"""Clotho v2.1: download, checksums, 7z extraction, caption cleaning and the caption tables.
+"""Clotho's captions as training data: cleaning, reproducible ids and one table per split.
 
 Taught in notebook 01. A Clotho-format folder (``cfg.dataset_dir``, real or synthetic) holds
 
@@ -15,6 +15,9 @@ the sha1 of ``"<split>/<file name>"`` (fid) or ``"<split>/<file name>/<caption n
 (tid), written as urlsafe base64: 12 characters. The file name is the one on disk, leading
 space included; the split is part of the key because one file name is in both development and
 validation.
+
+Below the lesson: reading a Clotho-format folder, then downloading (md5-checked) and extracting
+Clotho v2.1 from Zenodo (``download_clotho``), which ``course_lib.pipeline`` calls on the clotho profile.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import soundfile as sf
 from py7zr.callbacks import ExtractCallback
 from tqdm.auto import tqdm
 
+from course_lib._report import say
 from course_lib.config import SPLITS, Config
 from course_lib.download import fetch
 from course_lib.files import atomic_path, write_json_atomically
@@ -44,38 +48,151 @@ from course_lib.files import atomic_path, write_json_atomically
 ZENODO_URL = "https://zenodo.org/record/4783391/files"
 CAPTIONS_PER_CLIP = 5
 TABLE_COLUMNS = ["tid", "fid", "fname", "raw_text", "text", "tokens"]
-REBUILD_ADVICE = "Rebuild the dataset (delete the folder and run ensure_dataset(cfg))."
+REBUILD_ADVICE = "Rebuild the dataset: delete the folder and run course_lib.pipeline.prepare(cfg, until='dataset')."
 REDOWNLOAD_ADVICE = "Delete the archive and run the step again to download it afresh."
-
 
 class ClothoError(RuntimeError):
     """The Clotho folder or an archive cannot be used; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of Zenodo record 4783391 and its published md5; size is None where none is known."""
 
-    name: str
-    md5: str
-    size: int | None
+# --- the lesson: caption cleaning, reproducible ids, caption tables -------------------------------------------------------
+
+_APOSTROPHES = re.compile(r"['\u2019]")
+_PUNCTUATION = re.compile(r"[^\w\s-]|_")
+_LOOSE_HYPHENS = re.compile(r"(?<!\w)-|-(?!\w)")  # a hyphen not between two letters or digits
 
 
-# md5s as published by aac-datasets (and soundata); sizes from Zenodo's metadata where known.
-CLOTHO_FILES = {
-    file.name: file
-    for file in (
-        RemoteFile("clotho_audio_development.7z", "c8b05bc7acdb13895bb3c6a29608667e", 4_541_582_263),
-        RemoteFile("clotho_audio_validation.7z", "7dba730be08bada48bd15dc4e668df59", 1_260_701_425),
-        RemoteFile("clotho_audio_evaluation.7z", "4569624ccadf96223f19cb59fe4f849f", None),
-        RemoteFile("clotho_captions_development.csv", "d4090b39ce9f2491908eebf4d5b09bae", 1_336_762),
-        RemoteFile("clotho_captions_validation.csv", "5879e023032b22a2c930aaa0528bead4", 367_649),
-        RemoteFile("clotho_captions_evaluation.csv", "1b16b9e57cf7bdb7f13a13802aeb57e2", 361_995),
-        RemoteFile("clotho_metadata_development.csv", "170d20935ecfdf161ce1bb154118cda5", 830_797),
-        RemoteFile("clotho_metadata_validation.csv", "2e010427c56b1ce6008b0f03f41048ce", 224_803),
-        RemoteFile("clotho_metadata_evaluation.csv", "13946f054d4e1bf48079813aac61bf77", None),
-    )
-}
+def clean_caption(text: str) -> str:
+    """Lower case (the pronoun "I" kept), punctuation removed except hyphens inside words, single spaces.
+
+    Apostrophes are dropped ("It's" -> "its"); other punctuation becomes a space, so "dog.The"
+    splits into two words, and so does a hyphen that does not join two words ("a dog - barks").
+    The baseline's cleaned captions also carry 8 rewrites done by hand (e.g. "beep, beep, beep"
+    -> "beep"); those are not reproduced.
+    """
+    words = _LOOSE_HYPHENS.sub(" ", _PUNCTUATION.sub(" ", _APOSTROPHES.sub("", text))).split()
+    return " ".join(word if word == "I" else word.lower() for word in words)
+
+
+def stable_id(*parts: str | int) -> str:
+    """12 urlsafe base64 characters of the sha1 of the parts joined by '/'."""
+    digest = hashlib.sha1("/".join(str(part) for part in parts).encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest[:9]).decode("ascii")
+
+
+def build_caption_table(dataset_dir: Path, split: str, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """One row per caption, in the official CSV order, and {fid: {fname, duration}} of the split."""
+    captions = read_captions(dataset_dir, split)
+    audio_dir = Path(dataset_dir) / split
+    fnames = wav_names_on_disk(audio_dir, list(captions["file_name"]))
+    rows, audio = [], {}
+    for fname, (_, clip) in zip(tqdm(fnames, desc=f"{split} captions", disable=not progress), captions.iterrows(), strict=True):
+        fid = stable_id(split, fname)
+        try:
+            audio[fid] = {"fname": fname, "duration": sf.info(str(audio_dir / fname)).duration}
+        except RuntimeError as exc:  # soundfile's errors for unreadable files
+            raise ClothoError(f"{audio_dir / fname} is not a readable audio file ({exc}). Rebuild the dataset.") from exc
+        for number in range(1, CAPTIONS_PER_CLIP + 1):
+            raw_text, text = clip[f"caption_{number}"], clean_caption(clip[f"caption_{number}"])
+            rows.append((stable_id(split, fname, number), fid, fname, raw_text, text, repr(text.split())))
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), audio
+
+
+def ensure_caption_tables(cfg: Config, progress: bool = True, verbose: bool = True) -> dict[str, pd.DataFrame]:
+    """Write ``<split>_text.csv``, ``audio_info.json`` and ``vocab_info.json``, reusing valid tables.
+
+    Taught in notebook 01. Reads the Clotho-format folder ``cfg.dataset_dir``, which must exist:
+    ``course_lib.pipeline.prepare(cfg, until="captions")`` builds it first when it is missing.
+    """
+    _require_dataset(cfg.dataset_dir, cfg.splits)
+    cfg.prepared_dir.mkdir(parents=True, exist_ok=True)
+    audio_info_path, vocab_info_path = cfg.prepared_dir / "audio_info.json", cfg.prepared_dir / "vocab_info.json"
+    audio_info = _read_json(audio_info_path) or {}
+    tables, rebuilt = {}, []
+    for split in cfg.splits:
+        tables[split] = _reusable_table(cfg, split, audio_info)
+        if tables[split] is None:
+            tables[split], audio_info[split] = build_caption_table(cfg.dataset_dir, split, progress)
+            with atomic_path(table_path(cfg, split)) as temporary:
+                tables[split].to_csv(temporary, index=False, encoding="utf-8")
+            tables[split] = load_caption_table(cfg, split)
+            rebuilt.append(split)
+    check_unique_ids(tables)
+    if rebuilt or _read_json(vocab_info_path) is None:
+        write_json_atomically(audio_info_path, {split: audio_info[split] for split in cfg.splits})
+        write_json_atomically(vocab_info_path, vocabulary_info(tables))
+    reused = [split for split in cfg.splits if split not in rebuilt]
+    if verbose:
+        print(f"Caption tables in {cfg.prepared_dir}: built {rebuilt or 'none'}, reused {reused or 'none'}.")
+    return tables
+
+
+def check_unique_ids(tables: dict[str, pd.DataFrame]) -> None:
+    """Fail loudly when two clips or two captions share an id (a file name listed twice, or a hash collision)."""
+    captions = pd.concat([table.assign(split=split) for split, table in tables.items()])
+    clips = captions.drop_duplicates(["split", "fname"])
+    for column, rows in (("fid", clips), ("tid", captions)):
+        repeated = rows[rows[column].duplicated(keep=False)]
+        if len(repeated):
+            raise ClothoError(
+                f"{column}s are not unique; these rows share one (is a file listed twice in a captions CSV?):\n"
+                f"{repeated[['split', column, 'fname']].to_string(index=False)}"
+            )
+
+
+def table_path(cfg: Config, split: str) -> Path:
+    return cfg.prepared_dir / f"{split}_text.csv"
+
+
+def load_caption_table(cfg: Config, split: str) -> pd.DataFrame:
+    """A caption table as written by ensure_caption_tables, with tokens as lists."""
+    path = table_path(cfg, split)
+    if not path.is_file():
+        raise ClothoError(f"{path} does not exist. Run course_lib.pipeline.prepare(cfg, until='captions') first.")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    table["tokens"] = table["tokens"].map(ast.literal_eval)
+    return table
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object written by ensure_caption_tables; None when missing or unreadable (said so)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        value = exc
+    if not isinstance(value, dict):
+        print(f"{path} is unreadable ({value if isinstance(value, Exception) else 'not a JSON object'}); rebuilding it.")
+    return value if isinstance(value, dict) else None
+
+
+def _reusable_table(cfg: Config, split: str, audio_info: dict) -> pd.DataFrame | None:
+    """The existing table when it is newer than the captions CSV, complete, cleaned by today's rules and has durations."""
+    path, captions_csv = table_path(cfg, split), cfg.dataset_dir / split_file_names(split)[1]
+    if not isinstance(audio_info.get(split), dict) or not path.is_file() or path.stat().st_mtime < captions_csv.stat().st_mtime:
+        return None
+    try:
+        table = load_caption_table(cfg, split)
+    except (KeyError, ValueError, SyntaxError, pd.errors.ParserError):
+        return None
+    expected_rows = CAPTIONS_PER_CLIP * len(read_captions(cfg.dataset_dir, split))
+    ok = list(table.columns) == TABLE_COLUMNS and len(table) == expected_rows == CAPTIONS_PER_CLIP * len(audio_info[split])
+    return table if ok and table["text"].equals(table["raw_text"].map(clean_caption)) else None
+
+
+def vocabulary_info(tables: dict[str, pd.DataFrame]) -> dict:
+    """Vocabulary size overall and per split, with clip, caption and word counts."""
+    word_bags = {split: Counter(word for tokens in table["tokens"] for word in tokens) for split, table in tables.items()}
+    vocabulary = sorted(set().union(*word_bags.values()))
+    splits = {split: {"num_clips": int(table["fid"].nunique()), "num_captions": len(table),
+                      "num_words": sum(word_bags[split].values()), "vocabulary_size": len(word_bags[split])}
+              for split, table in tables.items()}
+    return {"vocabulary_size": len(vocabulary), "splits": splits, "vocabulary": vocabulary}
+
+
+# --- reading a Clotho-format folder ------------------------------------------------------
 
 
 def split_file_names(split: str) -> tuple[str, str, str]:
@@ -85,19 +202,11 @@ def split_file_names(split: str) -> tuple[str, str, str]:
     return f"clotho_audio_{split}.7z", f"clotho_captions_{split}.csv", f"clotho_metadata_{split}.csv"
 
 
-def file_url(name: str, base_url: str | None = None) -> str:
-    """Where a Clotho file is downloaded from (``COURSE_CLOTHO_URL`` overrides Zenodo)."""
-    base = base_url or os.environ.get("COURSE_CLOTHO_URL") or ZENODO_URL
-    return f"{base.rstrip('/')}/{name}?download=1"
-
-
-# --- reading a Clotho-format folder ------------------------------------------------------
-
 
 def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
     """Every cell as a string, spaces kept."""
     if not path.is_file():
-        raise ClothoError(f"{path} does not exist. Run ensure_dataset(cfg) first.")
+        raise ClothoError(f"{path} does not exist. Run course_lib.pipeline.prepare(cfg, until='dataset') first.")
     return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
 
 
@@ -130,6 +239,16 @@ def wav_names_on_disk(audio_dir: Path, csv_names: list[str], advice: str = REBUI
     return resolved
 
 
+def _require_dataset(dataset_dir: Path, splits: tuple[str, ...]) -> None:
+    """Fail with what to run when the Clotho-format folder or a split's captions CSV is missing."""
+    missing = [split_file_names(split)[1] for split in splits if not (Path(dataset_dir) / split_file_names(split)[1]).is_file()]
+    if missing:
+        raise ClothoError(
+            f"No Clotho-format dataset in {dataset_dir} (missing {', '.join(missing)}). "
+            "Build it with course_lib.pipeline.prepare(cfg, until='dataset')."
+        )
+
+
 def split_is_complete(dataset_dir: Path, split: str) -> bool:
     """True when the captions CSV exists and every wav it names is in ``<split>/``."""
     try:
@@ -139,7 +258,42 @@ def split_is_complete(dataset_dir: Path, split: str) -> bool:
     return True
 
 
+
 # --- download and extraction --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of Zenodo record 4783391 and its published md5; size is None where none is known."""
+
+    name: str
+    md5: str
+    size: int | None
+
+
+# md5s as published by aac-datasets (and soundata); sizes from Zenodo's metadata where known.
+CLOTHO_FILES = {
+    file.name: file
+    for file in (
+        RemoteFile("clotho_audio_development.7z", "c8b05bc7acdb13895bb3c6a29608667e", 4_541_582_263),
+        RemoteFile("clotho_audio_validation.7z", "7dba730be08bada48bd15dc4e668df59", 1_260_701_425),
+        RemoteFile("clotho_audio_evaluation.7z", "4569624ccadf96223f19cb59fe4f849f", None),
+        RemoteFile("clotho_captions_development.csv", "d4090b39ce9f2491908eebf4d5b09bae", 1_336_762),
+        RemoteFile("clotho_captions_validation.csv", "5879e023032b22a2c930aaa0528bead4", 367_649),
+        RemoteFile("clotho_captions_evaluation.csv", "1b16b9e57cf7bdb7f13a13802aeb57e2", 361_995),
+        RemoteFile("clotho_metadata_development.csv", "170d20935ecfdf161ce1bb154118cda5", 830_797),
+        RemoteFile("clotho_metadata_validation.csv", "2e010427c56b1ce6008b0f03f41048ce", 224_803),
+        RemoteFile("clotho_metadata_evaluation.csv", "13946f054d4e1bf48079813aac61bf77", None),
+    )
+}
+
+
+
+def file_url(name: str, base_url: str | None = None) -> str:
+    """Where a Clotho file is downloaded from (``COURSE_CLOTHO_URL`` overrides Zenodo)."""
+    base = base_url or os.environ.get("COURSE_CLOTHO_URL") or ZENODO_URL
+    return f"{base.rstrip('/')}/{name}?download=1"
+
+
 
 
 class _ExtractProgress(ExtractCallback):
@@ -206,6 +360,7 @@ def download_clotho(
     files: dict[str, RemoteFile] | None = None,
     keep_archives: bool = True,
     progress: bool = True,
+    verbose: bool = True,
 ) -> Path:
     """Fetch (md5-checked) and extract Clotho v2.1 splits into ``cfg.dataset_dir``; reuse complete splits."""
     files = files or CLOTHO_FILES
@@ -217,156 +372,16 @@ def download_clotho(
             fetch(file_url(name, base_url), files[name].md5, dataset_dir / name, progress=progress)
         if split_is_complete(dataset_dir, split):
             count = len(read_captions(dataset_dir, split))
-            print(f"{split}: reused the {count} wav files in {dataset_dir / split} (CSVs md5-checked).")
+            say(verbose, f"{split}: reused the {count} wav files in {dataset_dir / split} (CSVs md5-checked).")
             continue
         remote = files[archive_name]
         size = f"{remote.size / 1e9:.2f} GB" if remote.size else "size unknown"
-        print(f"{split}: fetching {archive_name} ({size}) unless a checked copy is in the downloads folder.")
+        say(verbose, f"{split}: fetching {archive_name} ({size}) unless a checked copy is in the downloads folder.")
         archive_path = cfg.downloads_dir / "clotho" / archive_name
         archive = fetch(file_url(archive_name, base_url), remote.md5, archive_path, progress=progress)
         extract_split(archive, dataset_dir, split, progress=progress)
-        print(f"{split}: extracted {len(read_captions(dataset_dir, split))} wav files into {dataset_dir / split}.")
+        say(verbose, f"{split}: extracted {len(read_captions(dataset_dir, split))} wav files into {dataset_dir / split}.")
         if not keep_archives:
             archive.unlink()
-            print(f"{split}: deleted {archive} to save disk space.")
+            say(verbose, f"{split}: deleted {archive} to save disk space.")
     return dataset_dir
-
-
-def ensure_dataset(cfg: Config, keep_archives: bool = True) -> Path:
-    """The profile's Clotho-format folder: generated (synthetic) or downloaded and extracted (clotho)."""
-    if cfg.settings.get("dataset", cfg.profile) == "synthetic":
-        from course_lib.synth import ensure_synthetic_dataset
-
-        return ensure_synthetic_dataset(cfg)
-    return download_clotho(cfg, keep_archives=keep_archives)
-
-
-# --- captions: cleaning, ids, tables -------------------------------------------------------
-
-_APOSTROPHES = re.compile(r"['\u2019]")
-_PUNCTUATION = re.compile(r"[^\w\s-]|_")
-_LOOSE_HYPHENS = re.compile(r"(?<!\w)-|-(?!\w)")  # a hyphen not between two letters or digits
-
-
-def clean_caption(text: str) -> str:
-    """Lower case (the pronoun "I" kept), punctuation removed except hyphens inside words, single spaces.
-
-    Apostrophes are dropped ("It's" -> "its"); other punctuation becomes a space, so "dog.The"
-    splits into two words, and so does a hyphen that does not join two words ("a dog - barks").
-    The baseline's cleaned captions also carry 8 rewrites done by hand (e.g. "beep, beep, beep"
-    -> "beep"); those are not reproduced.
-    """
-    words = _LOOSE_HYPHENS.sub(" ", _PUNCTUATION.sub(" ", _APOSTROPHES.sub("", text))).split()
-    return " ".join(word if word == "I" else word.lower() for word in words)
-
-
-def stable_id(*parts: str | int) -> str:
-    """12 urlsafe base64 characters of the sha1 of the parts joined by '/'."""
-    digest = hashlib.sha1("/".join(str(part) for part in parts).encode("utf-8")).digest()
-    return base64.urlsafe_b64encode(digest[:9]).decode("ascii")
-
-
-def build_caption_table(dataset_dir: Path, split: str, progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """One row per caption, in the official CSV order, and {fid: {fname, duration}} of the split."""
-    captions = read_captions(dataset_dir, split)
-    audio_dir = Path(dataset_dir) / split
-    fnames = wav_names_on_disk(audio_dir, list(captions["file_name"]))
-    rows, audio = [], {}
-    for fname, (_, clip) in zip(tqdm(fnames, desc=f"{split} captions", disable=not progress), captions.iterrows(), strict=True):
-        fid = stable_id(split, fname)
-        try:
-            audio[fid] = {"fname": fname, "duration": sf.info(str(audio_dir / fname)).duration}
-        except RuntimeError as exc:  # soundfile's errors for unreadable files
-            raise ClothoError(f"{audio_dir / fname} is not a readable audio file ({exc}). Rebuild the dataset.") from exc
-        for number in range(1, CAPTIONS_PER_CLIP + 1):
-            raw_text, text = clip[f"caption_{number}"], clean_caption(clip[f"caption_{number}"])
-            rows.append((stable_id(split, fname, number), fid, fname, raw_text, text, repr(text.split())))
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS), audio
-
-
-def check_unique_ids(tables: dict[str, pd.DataFrame]) -> None:
-    """Fail loudly when two clips or two captions share an id (a file name listed twice, or a hash collision)."""
-    captions = pd.concat([table.assign(split=split) for split, table in tables.items()])
-    clips = captions.drop_duplicates(["split", "fname"])
-    for column, rows in (("fid", clips), ("tid", captions)):
-        repeated = rows[rows[column].duplicated(keep=False)]
-        if len(repeated):
-            raise ClothoError(
-                f"{column}s are not unique; these rows share one (is a file listed twice in a captions CSV?):\n"
-                f"{repeated[['split', column, 'fname']].to_string(index=False)}"
-            )
-
-
-def table_path(cfg: Config, split: str) -> Path:
-    return cfg.prepared_dir / f"{split}_text.csv"
-
-
-def load_caption_table(cfg: Config, split: str) -> pd.DataFrame:
-    """A caption table as written by ensure_caption_tables, with tokens as lists."""
-    path = table_path(cfg, split)
-    if not path.is_file():
-        raise ClothoError(f"{path} does not exist. Run ensure_caption_tables(cfg) first.")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    table["tokens"] = table["tokens"].map(ast.literal_eval)
-    return table
-
-
-def _read_json(path: Path) -> dict | None:
-    """A JSON object written by ensure_caption_tables; None when missing or unreadable (said so)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        value = exc
-    if not isinstance(value, dict):
-        print(f"{path} is unreadable ({value if isinstance(value, Exception) else 'not a JSON object'}); rebuilding it.")
-    return value if isinstance(value, dict) else None
-
-
-def _reusable_table(cfg: Config, split: str, audio_info: dict) -> pd.DataFrame | None:
-    """The existing table when it is newer than the captions CSV, complete, cleaned by today's rules and has durations."""
-    path, captions_csv = table_path(cfg, split), cfg.dataset_dir / split_file_names(split)[1]
-    if not isinstance(audio_info.get(split), dict) or not path.is_file() or path.stat().st_mtime < captions_csv.stat().st_mtime:
-        return None
-    try:
-        table = load_caption_table(cfg, split)
-    except (KeyError, ValueError, SyntaxError, pd.errors.ParserError):
-        return None
-    expected_rows = CAPTIONS_PER_CLIP * len(read_captions(cfg.dataset_dir, split))
-    ok = list(table.columns) == TABLE_COLUMNS and len(table) == expected_rows == CAPTIONS_PER_CLIP * len(audio_info[split])
-    return table if ok and table["text"].equals(table["raw_text"].map(clean_caption)) else None
-
-
-def vocabulary_info(tables: dict[str, pd.DataFrame]) -> dict:
-    """Vocabulary size overall and per split, with clip, caption and word counts."""
-    word_bags = {split: Counter(word for tokens in table["tokens"] for word in tokens) for split, table in tables.items()}
-    vocabulary = sorted(set().union(*word_bags.values()))
-    splits = {split: {"num_clips": int(table["fid"].nunique()), "num_captions": len(table),
-                      "num_words": sum(word_bags[split].values()), "vocabulary_size": len(word_bags[split])}
-              for split, table in tables.items()}
-    return {"vocabulary_size": len(vocabulary), "splits": splits, "vocabulary": vocabulary}
-
-
-def ensure_caption_tables(cfg: Config, progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Write ``<split>_text.csv``, ``audio_info.json`` and ``vocab_info.json``, reusing valid tables."""
-    ensure_dataset(cfg)
-    cfg.prepared_dir.mkdir(parents=True, exist_ok=True)
-    audio_info_path, vocab_info_path = cfg.prepared_dir / "audio_info.json", cfg.prepared_dir / "vocab_info.json"
-    audio_info = _read_json(audio_info_path) or {}
-    tables, rebuilt = {}, []
-    for split in cfg.splits:
-        tables[split] = _reusable_table(cfg, split, audio_info)
-        if tables[split] is None:
-            tables[split], audio_info[split] = build_caption_table(cfg.dataset_dir, split, progress)
-            with atomic_path(table_path(cfg, split)) as temporary:
-                tables[split].to_csv(temporary, index=False, encoding="utf-8")
-            tables[split] = load_caption_table(cfg, split)
-            rebuilt.append(split)
-    check_unique_ids(tables)
-    if rebuilt or _read_json(vocab_info_path) is None:
-        write_json_atomically(audio_info_path, {split: audio_info[split] for split in cfg.splits})
-        write_json_atomically(vocab_info_path, vocabulary_info(tables))
-    reused = [split for split in cfg.splits if split not in rebuilt]
-    print(f"Caption tables in {cfg.prepared_dir}: built {rebuilt or 'none'}, reused {reused or 'none'}.")
-    return tables

@@ -29,7 +29,9 @@ import torch
 from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
-from course_lib.clotho import ensure_caption_tables, load_caption_table
+from course_lib._report import say
+from course_lib.clotho import load_caption_table
+from course_lib.config import Config
 from course_lib.files import atomic_path, remove_stale, write_json_atomically
 
 SAMPLE_RATE = 44_100  # Clotho's rate; every clip is brought to it before framing
@@ -39,6 +41,8 @@ BLAS = ThreadpoolController()  # to run the mel matrix product on one BLAS threa
 # starting the workers took 2.2 s the first time in a session (the fork server, see process_pool) and 0.1 s
 # later; two processes won that back from about 400 clips of 15-30 s (benchmarks/results/features.json).
 PARALLEL_FROM_CLIPS = 500
+LOG_MEL_LIMIT = 1e3
+REBUILD_FEATURES = "rebuild the features with course_lib.pipeline.prepare(cfg, until='features')."
 
 
 class FeatureExtractionError(RuntimeError):
@@ -56,7 +60,7 @@ class FeatureParams:
     log_offset: float = float(np.spacing(1))  # machine epsilon, about 2.22e-16
 
     @classmethod
-    def from_config(cls, cfg) -> FeatureParams:
+    def from_config(cls, cfg: Config) -> FeatureParams:
         """Read window, hop, n_mels and the log offset from cfg.baseline['feature_conf']."""
         conf = cfg.baseline.get("feature_conf", {})
         offset = conf.get("log_offset", "machine_epsilon")
@@ -176,23 +180,34 @@ class TorchLogMel(torch.nn.Module):
 # --- HDF5 storage ----------------------------------------------------------------------------
 
 
-def features_path(cfg, split: str) -> Path:
+def features_path(cfg: Config, split: str) -> Path:
     return cfg.prepared_dir / f"{split}_audio_logmels.hdf5"
 
 
-def skipped_path(cfg, split: str) -> Path:
+def skipped_path(cfg: Config, split: str) -> Path:
     return cfg.prepared_dir / f"{split}_skipped.json"
 
 
 def load_log_mel(h5_path: str | Path, fid: str) -> np.ndarray:
-    """One clip's (T, n_mels) log-mel from a split's HDF5 file."""
+    """One clip's (T, n_mels) log-mel from a split's HDF5 file, refused when its values cannot be a log-mel."""
     with h5py.File(h5_path, "r") as h5:
         if fid not in h5:
-            raise KeyError(f"No log-mel for fid {fid!r} in {h5_path}. Rebuild it with ensure_features(cfg).")
-        return h5[fid][()]
+            raise KeyError(f"No log-mel for fid {fid!r} in {h5_path}. {REBUILD_FEATURES}")
+        return check_log_mel(h5[fid][()], fid, h5_path)
 
 
-def clip_files(cfg, split: str) -> dict[str, Path]:
+def check_log_mel(values: np.ndarray, fid: str, h5_path: str | Path) -> np.ndarray:
+    """Refuse NaN, infinite or absurd values (damaged bytes in the file), naming the clip and the file."""
+    # log(mel + eps) lies between log(eps), about -36, and a few tens even for full-scale noise.
+    if not np.isfinite(values).all() or np.abs(values).max(initial=0.0) > LOG_MEL_LIMIT:
+        raise FeatureExtractionError(
+            f"The log-mel of clip {fid!r} in {h5_path} holds NaN, infinite or impossible values "
+            f"(beyond +-{LOG_MEL_LIMIT:g}): the file is damaged. Delete it; {REBUILD_FEATURES}"
+        )
+    return values
+
+
+def clip_files(cfg: Config, split: str) -> dict[str, Path]:
     """{fid: wav path} for a split, from its caption table (one row per caption, so fids repeat)."""
     pairs = load_caption_table(cfg, split)[["fid", "fname"]].drop_duplicates()
     clashes = pairs[pairs["fid"].duplicated()]["fid"].tolist()
@@ -270,7 +285,9 @@ def extract_all(jobs: list[tuple[str, str, FeatureParams]], workers: int | None,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def build_split(cfg, split: str, files: dict[str, Path], params: FeatureParams, workers: int | None, skip_bad: bool) -> Path:
+def build_split(
+    cfg: Config, split: str, files: dict[str, Path], params: FeatureParams, workers: int | None, skip_bad: bool
+) -> Path:
     """Extract every clip of a split into a temporary HDF5 file, then move it into place."""
     target = features_path(cfg, split)
     for leftover in remove_stale(target.parent, target.name):  # a run killed before it could clean up
@@ -301,14 +318,14 @@ def bad_files_message(split: str, bad: list[dict[str, str]], total: int, skip_ba
     lines = [f"{len(bad)} of {total} {split} wav files could not be read; no HDF5 file was written:"]
     lines += [f"  {item['fname']!r} (fid {item['fid']}): {item['error']}" for item in bad]
     if skip_bad:
-        lines.append("Every file failed: check cfg.dataset_dir and rebuild it with course_lib.clotho.ensure_dataset(cfg).")
+        lines.append("Every file failed: check cfg.dataset_dir and rebuild it with course_lib.pipeline.prepare(cfg).")
     else:
         lines.append("Replace or re-download these files, or call ensure_features(cfg, skip_bad=True) to leave them out "
                      f"(the skipped files are then listed in {split}_skipped.json).")
     return "\n".join(lines)
 
 
-def read_skipped(cfg, split: str) -> list[str]:
+def read_skipped(cfg: Config, split: str) -> list[str]:
     """fids a previous skip_bad=True build left out of a split."""
     try:
         return [item["fid"] for item in json.loads(skipped_path(cfg, split).read_text(encoding="utf-8"))]
@@ -316,12 +333,12 @@ def read_skipped(cfg, split: str) -> list[str]:
         return []
 
 
-def ensure_features(cfg, workers: int | None = None, skip_bad: bool = False) -> dict[str, Path]:
+def ensure_features(cfg: Config, workers: int | None = None, skip_bad: bool = False, verbose: bool = True) -> dict[str, Path]:
     """Build (or reuse when valid) {split}_audio_logmels.hdf5 for every split; returns {split: path}.
 
+    Taught in notebook 02. Reads the caption tables (``prepare(cfg, until="captions")`` writes them).
     workers: processes extracting features (None: one for a split under PARALLEL_FROM_CLIPS clips, else every core).
     """
-    ensure_caption_tables(cfg)  # quick when they are valid; rebuilt when a captions CSV changed
     cfg.prepared_dir.mkdir(parents=True, exist_ok=True)
     params = FeatureParams.from_config(cfg)
     paths = {}
@@ -332,12 +349,12 @@ def ensure_features(cfg, workers: int | None = None, skip_bad: bool = False) -> 
         if reason is None:
             skipped = len(read_skipped(cfg, split))
             note = f", {skipped} skipped: delete {skipped_path(cfg, split).name} to retry them" if skipped else ""
-            print(f"{split}: reusing {target} ({len(files) - skipped} clips{note})")
+            say(verbose, f"{split}: reusing {target} ({len(files) - skipped} clips{note})")
         else:
-            print(f"{split}: building {target} ({reason})")
+            say(verbose, f"{split}: building {target} ({reason})")
             start = time.perf_counter()
             build_split(cfg, split, files, params, workers, skip_bad)
             written = len(files) - len(read_skipped(cfg, split))
-            print(f"{split}: wrote {written} clips in {time.perf_counter() - start:.1f} s")
+            say(verbose, f"{split}: wrote {written} clips in {time.perf_counter() - start:.1f} s")
         paths[split] = target
     return paths

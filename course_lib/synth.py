@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from course_lib._report import say
 from course_lib.config import BASELINE_YAML, SPLITS, Config, ConfigError, load_config, read_yaml
 from course_lib.synth_captions import describe_scene, pick
 from course_lib.synth_scenes import EVENT_TYPES, SAMPLE_RATE, Scene, event_catalogue, render_scene, sample_scene
@@ -253,26 +254,31 @@ def check_dataset(out_dir: str | Path, params: dict) -> str | None:
     return None
 
 
-def ensure_generated(out_dir: str | Path, force: bool = False, workers: int | None = None, **parameters) -> Path:
+def ensure_generated(
+    out_dir: str | Path, force: bool = False, workers: int | None = None, verbose: bool = True, **parameters
+) -> Path:
     """Reuse ``out_dir`` when it is complete with these parameters, else generate it."""
     out_dir, params = Path(out_dir).expanduser().resolve(), _parameters(**parameters)
     problem = "it was asked for (--force)" if force else check_dataset(out_dir, params)
     if problem is None:
-        print(f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")
+        say(verbose, f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")
         return out_dir
-    print(f"The synthetic dataset at {out_dir} needs generating: {problem}.")
+    say(verbose, f"The synthetic dataset at {out_dir} needs generating: {problem}.")
     return generate_dataset(out_dir, workers=workers, **parameters)
 
 
-def ensure_synthetic_dataset(cfg: Config) -> Path:
-    """Generate ``cfg.dataset_dir`` from ``cfg.settings['synth']`` unless it is already complete."""
+def ensure_synthetic_dataset(cfg: Config, verbose: bool = True) -> Path:
+    """Generate ``cfg.dataset_dir`` from ``cfg.settings['synth']`` unless it is already complete.
+
+    Taught in notebook 00; ``course_lib.pipeline`` calls it for the synthetic profile's dataset stage.
+    """
     settings = cfg.settings.get("synth")
     if settings is None:
         raise ConfigError(f"Profile {cfg.profile!r} has no 'synth' settings: it uses real data. "
-                          "Call course_lib.clotho.ensure_dataset(cfg) to download it.")
+                          "Call course_lib.clotho.download_clotho(cfg) to download it.")
     return ensure_generated(cfg.dataset_dir, seed=settings.get("seed", 0), clips=settings.get("clips"),
                             min_seconds=settings.get("min_seconds", 5.0), max_seconds=settings.get("max_seconds", 8.0),
-                            splits=cfg.splits)
+                            splits=cfg.splits, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

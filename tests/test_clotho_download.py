@@ -11,9 +11,10 @@ import pytest
 from clotho_fixtures import TINY_CLIPS, FileServer, write_split
 
 from course_lib import clotho, download
-from course_lib.clotho import CLOTHO_FILES, ClothoError, RemoteFile, download_clotho, ensure_dataset, split_file_names
+from course_lib.clotho import CLOTHO_FILES, ClothoError, RemoteFile, download_clotho, split_file_names
 from course_lib.config import SPLITS, load_config
 from course_lib.download import DownloadError
+from course_lib.pipeline import prepare
 
 
 def build_remote_files(folder: Path) -> dict[str, bytes]:
@@ -184,9 +185,9 @@ def test_archives_can_be_deleted_after_extraction(cfg, server, files):
     assert len(wav_names(cfg.dataset_dir / "evaluation")) == 2
 
 
-def test_ensure_dataset_uses_the_url_from_the_environment(cfg, server, files, monkeypatch):
+def test_the_pipeline_downloads_from_the_url_in_the_environment(cfg, server, files, monkeypatch):
     monkeypatch.setenv("COURSE_CLOTHO_URL", server.url)
     monkeypatch.setattr(clotho, "CLOTHO_FILES", files)
-    assert ensure_dataset(cfg) == cfg.dataset_dir
+    assert prepare(cfg, until="dataset", verbose=False).dataset_dir == cfg.dataset_dir
     assert all(clotho.split_is_complete(cfg.dataset_dir, split) for split in SPLITS)
     assert len(server.requests) == len(files)

@@ -193,11 +193,11 @@ def write_tiny_clotho(dataset_dir: Path) -> None:
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    """A synthetic-profile config over the tiny folder above, caption tables not yet built."""
+def cfg(tmp_path):
+    """A synthetic-profile config over the tiny folder above, with its caption tables."""
     cfg = load_config("synthetic", data_root=tmp_path)
     write_tiny_clotho(cfg.dataset_dir)
-    monkeypatch.setattr(clotho, "ensure_dataset", lambda cfg: cfg.dataset_dir)
+    clotho.ensure_caption_tables(cfg, progress=False, verbose=False)
     return cfg
 
 
@@ -208,7 +208,7 @@ def fid_of(cfg, split: str, fname: str) -> str:
 
 def test_one_flat_file_per_split_with_a_dataset_per_fid(cfg, capsys):
     paths = ensure_features(cfg, workers=1)
-    assert "Caption tables" in capsys.readouterr().out  # the caption tables were built first
+    assert "development: building" in capsys.readouterr().out
     assert paths == {split: cfg.prepared_dir / f"{split}_audio_logmels.hdf5" for split in cfg.splits}
     for split, clips in CLIPS.items():
         table = load_caption_table(cfg, split)
@@ -277,8 +277,10 @@ def test_a_changed_captions_csv_rebuilds_the_caption_table_and_the_features(cfg,
     later = paths["validation"].stat().st_mtime + 10  # newer than the tables, whatever the clock's resolution
     os.utime(csv_path, (later, later))
     capsys.readouterr()
+    clotho.ensure_caption_tables(cfg, progress=False)  # the stages in the pipeline's order
     ensure_features(cfg, workers=1)
     out = capsys.readouterr().out
+    assert "built ['validation']" in out
     assert "validation: building" in out and "1 clips not in the caption table" in out
     assert list(load_caption_table(cfg, "validation")["fname"].unique()) == [" e ieio ieai.wav"]
     with h5py.File(paths["validation"], "r") as h5:
@@ -291,7 +293,6 @@ def temporaries(cfg) -> list[str]:
 
 
 def test_a_temporary_left_by_a_killed_run_is_removed(cfg, capsys):
-    cfg.prepared_dir.mkdir(parents=True)
     leftover = cfg.prepared_dir / ".development_audio_logmels.hdf5.999999.partial"  # what a hard kill leaves behind
     leftover.write_bytes(b"half an HDF5 file")
     ensure_features(cfg, workers=1)

