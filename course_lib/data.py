@@ -170,7 +170,7 @@ def load_all(h5_path: Path, fids: list[str]) -> dict[str, np.ndarray]:
         missing = [fid for fid in fids if fid not in h5]
         if missing:
             raise KeyError(
-                f"{len(missing)} clips (e.g. fid {missing[0]!r}) have no log-mel in {h5_path}. Rebuild it with ensure_features(cfg)."
+                f"{len(missing)} clips (e.g. fid {missing[0]!r}) have no log-mel in {h5_path}. Rebuild: ensure_features(cfg)."
             )
         return {fid: np.asarray(h5[fid][()], dtype=np.float32) for fid in fids}
 
