@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from course_lib import clotho, features, synth, text, text_cache
+from course_lib import clotho, features, synth, text, text_cache, train
 from course_lib.config import Config, ConfigError
 
 STAGES = ("dataset", "captions", "features", "embeddings", "model")
@@ -85,11 +85,17 @@ def _embeddings(done: Prepared, verbose: bool) -> str:
     return str(done.embeddings)
 
 
+def _model(done: Prepared, verbose: bool) -> str:
+    done.checkpoint = train.ensure_trained(done.cfg, verbose=verbose)
+    return str(done.checkpoint)
+
+
 _STAGES: dict[str, tuple[Callable[..., str], Callable[[Config], Iterable[Path]]]] = {
     "dataset": (_dataset, lambda cfg: [cfg.dataset_dir / synth.MARKER, *_captions_csvs(cfg)]),
     "captions": (_captions, lambda cfg: [clotho.table_path(cfg, split) for split in cfg.splits]),
     "features": (_features, lambda cfg: [features.features_path(cfg, split) for split in cfg.splits]),
     "embeddings": (_embeddings, lambda cfg: [text_cache.caption_embeddings_path(cfg)]),
+    "model": (_model, lambda cfg: [train.best_checkpoint_path(cfg)]),
 }
 
 
