@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from course_lib.files import atomic_path, write_json_atomically
 ZENODO_URL = "https://zenodo.org/record/4783391/files"
 CAPTIONS_PER_CLIP = 5
 TABLE_COLUMNS = ["tid", "fid", "fname", "raw_text", "text", "tokens"]
+CAPTION_COLUMNS = ["file_name"] + [f"caption_{number}" for number in range(1, CAPTIONS_PER_CLIP + 1)]
 REBUILD_ADVICE = "Rebuild the dataset: delete the folder and run course_lib.pipeline.prepare(cfg, until='dataset')."
 REDOWNLOAD_ADVICE = "Delete the archive and run the step again to download it afresh."
 
@@ -203,32 +205,49 @@ def split_file_names(split: str) -> tuple[str, str, str]:
 
 
 
-def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
-    """Every cell as a string, spaces kept."""
+def _read_csv(path: Path, encoding: str, columns: list[str]) -> pd.DataFrame:
+    """Every cell as a string, spaces kept; an error that names the file when it is unreadable or lacks a column."""
     if not path.is_file():
         raise ClothoError(f"{path} does not exist. Run course_lib.pipeline.prepare(cfg, until='dataset') first.")
-    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise ClothoError(
+            f"{path} is not valid {encoding} (byte {exc.object[exc.start:exc.end]!r} at position {exc.start}). "
+            f"Save it as {encoding}, or download the original again."
+        ) from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ClothoError(f"{path} is not a readable CSV ({exc}). Fix it or download the original again.") from exc
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise ClothoError(
+            f"{path} lacks the column(s) {', '.join(missing)}: it has {', '.join(map(str, table.columns))}. "
+            f"A Clotho CSV of this kind has {', '.join(columns)}."
+        )
+    return table
 
 
 def read_captions(dataset_dir: Path, split: str) -> pd.DataFrame:
     """The official captions CSV of a split (UTF-8): file_name, caption_1 .. caption_5."""
-    return _read_csv(Path(dataset_dir) / split_file_names(split)[1], "utf-8")
+    return _read_csv(Path(dataset_dir) / split_file_names(split)[1], "utf-8", CAPTION_COLUMNS)
 
 
 def read_metadata(dataset_dir: Path, split: str) -> pd.DataFrame:
     """The metadata CSV of a split (keywords, Freesound id and link, licence), decoded from ISO-8859-1."""
-    return _read_csv(Path(dataset_dir) / split_file_names(split)[2], "ISO-8859-1")
+    return _read_csv(Path(dataset_dir) / split_file_names(split)[2], "ISO-8859-1", ["file_name"])
 
 
 def wav_names_on_disk(audio_dir: Path, csv_names: list[str], advice: str = REBUILD_ADVICE) -> list[str]:
     """The on-disk name of each file the CSV names; fails listing every missing one.
 
-    Names are matched exactly. A CSV that stores a name stripped of its leading space (like the
-    baseline's own CSVs) still finds the file, whose real name is returned.
+    Names are matched exactly first. A CSV that stores a name stripped of its leading space (like the
+    baseline's own CSVs) still finds the file, and so does a name whose accents are composed
+    differently (macOS writes NFD) or whose extension is upper case (``.WAV``); each such match is said.
     """
-    on_disk = {path.name for path in Path(audio_dir).glob("*.wav")} if Path(audio_dir).is_dir() else set()
-    by_stripped = {name.strip(): name for name in on_disk}
-    resolved = [name if name in on_disk else by_stripped.get(name.strip()) for name in csv_names]
+    folder = Path(audio_dir)
+    on_disk = {path.name for path in folder.iterdir() if path.suffix.lower() == ".wav"} if folder.is_dir() else set()
+    by_key = {_name_key(name): name for name in on_disk}
+    resolved = [name if name in on_disk else by_key.get(_name_key(name)) for name in csv_names]
     missing = [name for name, found in zip(csv_names, resolved, strict=True) if found is None]
     if missing:
         listing = "\n  ".join(repr(name) for name in missing)
@@ -236,7 +255,17 @@ def wav_names_on_disk(audio_dir: Path, csv_names: list[str], advice: str = REBUI
             f"{len(missing)} of {len(csv_names)} wav files named in the captions CSV are missing from "
             f"{audio_dir}:\n  {listing}\n{advice}"
         )
+    for name, found in zip(csv_names, resolved, strict=True):
+        if found != name and found.strip() != name.strip():  # a leading space alone is Clotho's own, known quirk
+            print(f"{audio_dir}: the captions CSV's {name!r} is the file {found!r} (same name, other spelling).")
     return resolved
+
+
+def _name_key(name: str) -> str:
+    """A file name as compared across systems: composed Unicode (NFC), no outer spaces, a lower-case extension."""
+    name = unicodedata.normalize("NFC", name).strip()
+    stem, dot, extension = name.rpartition(".")
+    return f"{stem}{dot}{extension.lower()}" if dot else name
 
 
 def _require_dataset(dataset_dir: Path, splits: tuple[str, ...]) -> None:

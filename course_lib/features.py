@@ -12,6 +12,7 @@ other window lengths and mel bands reaching 24 kHz. Here every clip is first res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -222,8 +223,6 @@ def invalid_reason(h5_path: Path, files: dict[str, Path], params: FeatureParams,
     """Why an existing HDF5 file cannot be reused for these {fid: wav} files, or None when it can."""
     if not h5_path.is_file():
         return "missing"
-    if max((path.stat().st_mtime for path in files.values() if path.is_file()), default=0) > h5_path.stat().st_mtime:
-        return "some wav files are newer than it"
     try:
         with h5py.File(h5_path, "r") as h5:
             if dict(h5.attrs) != params.attrs():
@@ -235,9 +234,28 @@ def invalid_reason(h5_path: Path, files: dict[str, Path], params: FeatureParams,
                 data = h5[fid]
                 if data.ndim != 2 or data.shape[1] != params.n_mels or data.shape[0] < 1 or data.dtype != np.float32:
                     return f"clip {fid!r} has shape {data.shape} {data.dtype}, not (T, {params.n_mels}) float32"
+                if data.attrs.get("source") != source_fingerprint(files[fid]):
+                    return f"the wav of clip {fid!r} ({files[fid].name!r}) changed since it was built"
     except OSError as exc:
         return f"unreadable ({exc})"
     return None
+
+
+def source_fingerprint(path: Path, block: int = 4096, blocks: int = 8) -> str:
+    """Size plus a hash of the header and a few blocks spread over the file: changes when the audio does, whatever its dates.
+
+    Modification times are not enough: a copy (``cp -p``, a synced folder) can bring another clip with an older date.
+    """
+    try:
+        size = path.stat().st_size
+        digest = hashlib.blake2b(digest_size=12)
+        with open(path, "rb") as handle:
+            for offset in sorted({0, *(size * k // blocks for k in range(1, blocks)), max(size - block, 0)}):
+                handle.seek(offset)
+                digest.update(handle.read(block))
+    except OSError:
+        return "unreadable"
+    return f"{size}:{digest.hexdigest()}"
 
 
 def extract_clip(job: tuple[str, str, FeatureParams]) -> tuple[str, np.ndarray | None, str | None]:
@@ -299,7 +317,7 @@ def build_split(
             h5.attrs.update(params.attrs())
             for fid, features, error in extract_all(jobs, workers, desc=f"log-mels {split}"):
                 if error is None:
-                    h5.create_dataset(fid, data=features)
+                    h5.create_dataset(fid, data=features).attrs["source"] = source_fingerprint(files[fid])
                 else:
                     bad.append({"fid": fid, "fname": files[fid].name, "error": error})
         if bad and (not skip_bad or len(bad) == len(jobs)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 
 import pandas as pd
 import pytest
@@ -209,3 +210,35 @@ def test_end_to_end_on_a_tiny_generated_dataset(tmp_path):
     assert len(shared) == 1
     fids = {split: set(tables[split].loc[tables[split]["fname"].isin(shared), "fid"]) for split in ("development", "validation")}
     assert fids["development"].isdisjoint(fids["validation"])
+
+
+# --- user files that are not quite what Clotho ships ---------------------------------------------
+
+
+def test_a_captions_csv_without_a_column_names_the_file_and_the_columns(cfg):
+    path = cfg.dataset_dir / "clotho_captions_evaluation.csv"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.drop(columns=["caption_3"]).to_csv(path, index=False)
+    with pytest.raises(ClothoError, match=r"captions_evaluation.csv lacks the column\(s\) caption_3.*file_name, caption_1"):
+        ensure_caption_tables(cfg, progress=False)
+
+
+def test_a_captions_csv_that_is_not_utf8_names_the_byte_and_the_encoding(cfg):
+    path = cfg.dataset_dir / "clotho_captions_validation.csv"
+    path.write_bytes(path.read_bytes().replace(b"I think", "Zoë thinks".encode("latin-1")))
+    with pytest.raises(ClothoError, match=r"clotho_captions_validation.csv is not valid utf-8 \(byte b'\\xeb'.*Save it as utf-8"):
+        ensure_caption_tables(cfg, progress=False)
+
+
+def test_nfd_and_upper_case_extension_names_are_matched_and_said(cfg, capsys):
+    folder = cfg.dataset_dir / "evaluation"
+    (folder / "rain on a roof.wav").rename(folder / "rain on a roof.WAV")
+    composed = "café terrace.wav"
+    csv_path = cfg.dataset_dir / "clotho_captions_evaluation.csv"
+    csv_path.write_text(csv_path.read_text(encoding="utf-8").replace("walkie-talkie chatter.wav", composed), encoding="utf-8")
+    decomposed = unicodedata.normalize("NFD", composed)
+    (folder / "walkie-talkie chatter.wav").rename(folder / decomposed)
+    table = ensure_caption_tables(cfg, progress=False)["evaluation"]
+    assert set(table["fname"]) == {"rain on a roof.WAV", decomposed}
+    out = capsys.readouterr().out
+    assert "'rain on a roof.wav' is the file 'rain on a roof.WAV'" in out and f"is the file {decomposed!r}" in out

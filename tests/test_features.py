@@ -257,16 +257,44 @@ def test_a_file_missing_a_fid_with_other_parameters_or_extra_fids_is_rebuilt(cfg
         assert "stale-fid" not in h5
 
 
-def test_a_file_older_than_its_wavs_is_rebuilt(cfg, capsys):
+def test_a_wav_replaced_by_another_with_an_older_date_is_rebuilt(cfg, capsys):
     paths = ensure_features(cfg, workers=1)
     untouched = paths["evaluation"].stat().st_mtime_ns
-    newer = paths["validation"].stat().st_mtime + 10
-    os.utime(cfg.dataset_dir / "validation" / "rain.wav", (newer, newer))
+    wav = cfg.dataset_dir / "validation" / "rain.wav"
+    old_date = wav.stat().st_mtime - 3600
+    samples, rate = sf.read(wav, dtype="float32")
+    sf.write(wav, samples[::-1] * 0.5, rate, subtype="PCM_16")  # another clip of the same length
+    os.utime(wav, (old_date, old_date))  # as `cp -p` from an older copy would leave it
     capsys.readouterr()
     ensure_features(cfg, workers=1)
     out = capsys.readouterr().out
-    assert "validation: building" in out and "newer" in out
+    assert "validation: building" in out and "'rain.wav') changed" in out
     assert "evaluation: reusing" in out and paths["evaluation"].stat().st_mtime_ns == untouched
+
+
+def test_touching_a_wav_without_changing_it_keeps_the_features(cfg, capsys):
+    paths = ensure_features(cfg, workers=1)
+    before = paths["validation"].stat().st_mtime_ns
+    later = paths["validation"].stat().st_mtime + 10
+    os.utime(cfg.dataset_dir / "validation" / "rain.wav", (later, later))
+    ensure_features(cfg, workers=1)
+    assert paths["validation"].stat().st_mtime_ns == before
+
+
+def test_damaged_values_in_the_file_are_refused_naming_the_clip(cfg):
+    paths = ensure_features(cfg, workers=1)
+    fid = load_caption_table(cfg, "evaluation")["fid"].iloc[0]
+    with h5py.File(paths["evaluation"], "r+") as h5:
+        values = h5[fid][()]
+        values[3, 5] = 3e38  # what flipped bytes in a float32 can look like
+        h5[fid][...] = values
+    with pytest.raises(features.FeatureExtractionError, match=rf"clip {fid!r} in .*evaluation_audio_logmels.hdf5.*damaged"):
+        features.load_log_mel(paths["evaluation"], fid)
+    with h5py.File(paths["evaluation"], "r+") as h5:
+        values[3, 5] = np.nan
+        h5[fid][...] = values
+    with pytest.raises(features.FeatureExtractionError, match="NaN"):
+        features.load_log_mel(paths["evaluation"], fid)
 
 
 def test_a_changed_captions_csv_rebuilds_the_caption_table_and_the_features(cfg, capsys):
