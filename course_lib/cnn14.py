@@ -1,10 +1,7 @@
 """The CNN14 audio encoder: the network that turns a clip's log-mels into one embedding.
 
-Taught in notebook 03. DESIGN's ``cnn14`` room holds three things: the CNN14 audio encoder, PANNs
-checkpoint transfer, and loading released encoder weights. This module holds the first, the
-architecture; the other two, which are both about where the encoder's weights come from, live in
-``course_lib.panns`` (``transfer_panns``, ``ensure_pretrained_encoder``, ``load_encoder_weights``),
-so that each module reads as one idea.
+Taught in notebook 03. This module holds the architecture only; where the encoder's weights come
+from (PANNs transfer, released weights) is ``course_lib.panns``.
 
 ``CNN14Encoder`` is the baseline's encoder (DCASE 2023 Task 6B, ``models/audio_encoders.py``): bn0
 over the 64 mel bins, six conv blocks in one ``nn.Sequential`` (``cnn.0`` .. ``cnn.47``), mean over
