@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import multiprocessing
-import os
 import shutil
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +31,20 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from course_lib._pool import default_workers, map_in_processes
 from course_lib._report import say
 from course_lib.config import BASELINE_YAML, SPLITS, Config, ConfigError, load_config, read_yaml
+from course_lib.files import (
+    DiskFullError,
+    building,
+    check_free_space,
+    describe_bytes,
+    free_bytes,
+    is_disk_full,
+    owner_is_gone,
+    remove_stale,
+    temporary_path,
+)
 from course_lib.synth_captions import describe_scene, pick
 from course_lib.synth_scenes import EVENT_TYPES, SAMPLE_RATE, Scene, event_catalogue, render_scene, sample_scene
 
@@ -116,19 +127,15 @@ def _write_clip(task: tuple[str, Scene, int, int, int]) -> int:
     """Render one clip's audio with its own generator and write it as 16-bit PCM; return its size."""
     path, scene, seed, split_index, index = task
     audio = render_scene(scene, np.random.default_rng([seed, split_index, index, 1]))
-    sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
-    return os.path.getsize(path)
+    wav = io.BytesIO()  # encoded in memory, so that a full disk is reported by Python as ENOSPC (libsndfile hides it)
+    sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    Path(path).write_bytes(wav.getvalue())
+    return len(wav.getvalue())
 
 
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    """Fresh worker processes ("spawn"), never forked from this one.
-
-    Forking a process that runs threads (a Jupyter kernel) can deadlock the child; Python 3.12 warns about
-    it. A spawned worker imports this module again (numpy, scipy, soundfile: well under a second), a cost
-    paid once per dataset. The fork server is left to course_lib.features, which preloads heavier modules
-    into it. A script calling generate_dataset must keep its top-level code under ``if __name__ == "__main__":``.
-    """
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+def _wav_bytes(clips: list[Clip]) -> int:
+    """What the clips' 16-bit mono wavs take on disk (samples plus a 44-byte header each)."""
+    return sum(2 * int(round(clip.scene.seconds * SAMPLE_RATE)) + 44 for clip in clips)
 
 
 def _write_csvs(folder: Path, split: str, clips: list[Clip]) -> None:
@@ -162,16 +169,29 @@ def _parameters(seed: int, clips: int | dict[str, int] | None, min_seconds: floa
 def generate_dataset(out_dir: str | Path, seed: int = 0, clips: int | dict[str, int] | None = None,
                      min_seconds: float = 5.0, max_seconds: float = 8.0, splits: tuple[str, ...] | list[str] = SPLITS,
                      workers: int | None = None, progress: bool = True) -> Path:
-    """Write a Clotho-format dataset to ``out_dir`` (replacing it), atomically; return the folder."""
-    out_dir, started = Path(out_dir).expanduser().resolve(), time.perf_counter()
+    """Write a Clotho-format dataset to ``out_dir`` (replacing one it made before), atomically; return the folder.
+
+    A folder the generator did not make (no ``.synth.json`` in it) is never replaced: NotOurFolderError.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
     params = _parameters(seed, clips, min_seconds, max_seconds, splits)
-    total = sum(params["clips"].values())
-    print(f"Generating {total} synthetic clips of {min_seconds:g}-{max_seconds:g} s (seed {seed}) into {out_dir} ...")
+    refuse_foreign_folder(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with building(out_dir):  # another run generating the same folder: wait for it, then replace its result
+        refuse_foreign_folder(out_dir)
+        return _generate(out_dir, params, workers, progress)
+
+
+def _generate(out_dir: Path, params: dict, workers: int | None, progress: bool) -> Path:
+    started, total = time.perf_counter(), sum(params["clips"].values())
+    print(f"Generating {total} synthetic clips of {params['min_seconds']:g}-{params['max_seconds']:g} s "
+          f"(seed {params['seed']}) into {out_dir} ...")
     plans = {split: plan_split(split, n, params["seed"], params["min_seconds"], params["max_seconds"])
              for split, n in params["clips"].items()}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    needed = sum(_wav_bytes(clips_of_split) for clips_of_split in plans.values()) + 100_000 * len(plans)  # + CSVs
     _remove_leftovers(out_dir)
-    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    check_free_space(out_dir.parent, needed, f"{total} synthetic clips")
+    partial = temporary_path(out_dir)
     try:
         tasks = []
         for split, clips_of_split in plans.items():
@@ -179,22 +199,24 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, clips: int | dict[str, 
             tasks += [(str(partial / split / c.file_name), c.scene, params["seed"], SPLITS.index(split), i)
                       for i, c in enumerate(clips_of_split)]
             _write_csvs(partial, split, clips_of_split)
-        workers = workers or (min(os.cpu_count() or 1, 8) if total >= 32 else 1)
+        workers = workers or default_workers(total)
         with tqdm(total=total, desc="synthesising clips", unit="clip", disable=not progress) as bar:
-            if workers == 1:
-                for task in tasks:
-                    _write_clip(task)
-                    bar.update()
-            else:
-                pool = _process_pool(workers)
-                try:
-                    for _ in pool.map(_write_clip, tasks, chunksize=max(1, min(16, total // (4 * workers)))):
-                        bar.update()
-                finally:  # on an error or Ctrl-C, drop the clips not yet started instead of waiting for them all
-                    pool.shutdown(wait=True, cancel_futures=True)
+            for _ in map_in_processes(_write_clip, tasks, workers):  # one process per core, clip by clip
+                bar.update()
         files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
         (partial / MARKER).write_text(json.dumps({"parameters": params, "files": files}, indent=1), encoding="utf-8")
         _replace_folder(partial, out_dir)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            free = free_bytes(out_dir.parent)
+            raise DiskFullError(
+                f"The disk is full (no space left on device) while generating the synthetic dataset in {out_dir.parent}: "
+                f"it needs about {describe_bytes(needed)}, {describe_bytes(free or 0)} are free now that the partial "
+                "dataset was removed. Free disk space there, or generate into a folder on a disk with more room "
+                "(--out, or COURSE_DATA_DIR for the course's data)."
+            ) from exc
+        raise
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -203,31 +225,41 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, clips: int | dict[str, 
     return out_dir
 
 
-def _process_gone(pid: int) -> bool:
-    """True when no process ``pid`` runs (POSIX only: on Windows os.kill would terminate it)."""
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 only checks whether the process exists
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+class NotOurFolderError(ValueError):
+    """The output folder holds files the generator did not make; it is left untouched."""
+
+
+def refuse_foreign_folder(out_dir: Path) -> None:
+    """Raise NotOurFolderError unless ``out_dir`` is absent, empty, or marked with ``.synth.json`` (made by us)."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        if (out_dir / MARKER).is_file() or not any(out_dir.iterdir()):
+            return
+        what = f"already exists and was not made by the synthetic generator (it has no {MARKER} marker file)"
+    else:
+        what = "is a file or a link, not a folder the synthetic generator made"
+    raise NotOurFolderError(
+        f"{out_dir} {what}, so it was left untouched: generating there would replace everything in it. Choose "
+        f"another folder, one that does not exist yet or is empty (for example --out {out_dir / 'synthetic_clotho'} "
+        "on the command line), or move your files out of it first. If it is a synthetic dataset whose marker file "
+        "was lost, delete the folder yourself and run again."
+    )
 
 
 def _remove_leftovers(out_dir: Path) -> None:
-    """Delete temporary folders that an interrupted run (ours, or a process no longer alive) left beside ``out_dir``."""
-    for leftover in out_dir.parent.glob(f".{out_dir.name}.*-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or _process_gone(int(pid))):
+    """Delete temporary folders that an interrupted run (a process no longer alive) left beside ``out_dir``."""
+    remove_stale(out_dir.parent, out_dir.name)
+    for leftover in out_dir.parent.glob(f".{out_dir.name}.*-*"):  # names written by earlier versions
+        kind, _, pid = leftover.name.rpartition("-")
+        if kind.endswith((".partial", ".old")) and pid.isdigit() and owner_is_gone(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _replace_folder(new: Path, target: Path) -> None:
     """Put ``new`` at ``target``: renames only, so readers never see a half-written dataset."""
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = temporary_path(target, kind="old")
         target.rename(old)
         new.rename(target)
         shutil.rmtree(old)
@@ -259,12 +291,15 @@ def ensure_generated(
 ) -> Path:
     """Reuse ``out_dir`` when it is complete with these parameters, else generate it."""
     out_dir, params = Path(out_dir).expanduser().resolve(), _parameters(**parameters)
-    problem = "it was asked for (--force)" if force else check_dataset(out_dir, params)
-    if problem is None:
-        say(verbose, f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")
-        return out_dir
-    say(verbose, f"The synthetic dataset at {out_dir} needs generating: {problem}.")
-    return generate_dataset(out_dir, workers=workers, **parameters)
+    refuse_foreign_folder(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with building(out_dir):  # checked under the lock: a run that held it may have just generated it
+        problem = "it was asked for (--force)" if force else check_dataset(out_dir, params)
+        if problem is None:
+            say(verbose, f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")
+            return out_dir
+        say(verbose, f"The synthetic dataset at {out_dir} needs generating: {problem}.")
+        return generate_dataset(out_dir, workers=workers, **parameters)
 
 
 def ensure_synthetic_dataset(cfg: Config, verbose: bool = True) -> Path:
@@ -296,14 +331,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="regenerate even when a matching dataset exists")
     args = parser.parse_args(argv)
     scale = CLOTHO_SCALE if args.scale == "clotho" else default_settings()
+    seconds = {"min_seconds": scale["min_seconds"] if args.min_seconds is None else args.min_seconds,
+               "max_seconds": scale["max_seconds"] if args.max_seconds is None else args.max_seconds}
+    if (problem := _check_arguments(args, seconds)) is not None:
+        parser.error(problem)
     out = args.out or load_config("synthetic").dataset_dir
-    seconds = {"min_seconds": args.min_seconds or scale["min_seconds"], "max_seconds": args.max_seconds or scale["max_seconds"]}
     try:
         ensure_generated(out, force=args.force, workers=args.workers, seed=args.seed, splits=args.splits,
-                         clips=args.clips_per_split or scale["clips"], **seconds)
+                         clips=scale["clips"] if args.clips_per_split is None else args.clips_per_split, **seconds)
     except ValueError as exc:
         parser.error(str(exc))
+    except OSError as exc:  # a full disk, a folder that cannot be written
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_arguments(args: argparse.Namespace, seconds: dict[str, float]) -> str | None:
+    """What is wrong with the numbers typed on the command line, in the user's own words, or None."""
+    if args.clips_per_split is not None and args.clips_per_split < 1:
+        return f"--clips-per-split {args.clips_per_split}: every split needs at least 1 clip."
+    if args.workers is not None and args.workers < 1:
+        return f"--workers {args.workers}: use at least 1 process."
+    for name in ("min_seconds", "max_seconds"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < float("inf"):
+            return f"--{name.replace('_', '-')} {value:g}: durations must be above 0 seconds."
+    if seconds["min_seconds"] > seconds["max_seconds"]:
+        typed = {name: f"--{name.replace('_', '-')} {seconds[name]:g}" if getattr(args, name) is not None
+                 else f"the {args.scale} scale's {name.replace('_', ' ')} {seconds[name]:g}" for name in seconds}
+        return (f"{typed['min_seconds']} is above {typed['max_seconds']}: the shortest clip cannot be longer than the "
+                "longest. Swap the two values, or pass both --min-seconds and --max-seconds.")
+    return None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +17,15 @@ import yaml
 
 from course_lib import synth
 from course_lib.config import BASELINE_YAML, ConfigError, load_config
-from course_lib.synth import MARKER, SHARED_NAME, ensure_synthetic_dataset, event_catalogue, generate_dataset
+from course_lib.files import DiskFullError
+from course_lib.synth import (
+    MARKER,
+    SHARED_NAME,
+    NotOurFolderError,
+    ensure_synthetic_dataset,
+    event_catalogue,
+    generate_dataset,
+)
 from course_lib.synth_captions import describe_scene
 from course_lib.synth_scenes import EVENT_TYPES, SAMPLE_RATE, Event, render_event, sample_scene
 
@@ -151,7 +161,6 @@ def test_ensure_reuses_a_complete_dataset_and_rebuilds_a_damaged_one(tmp_path, c
     damages = [
         lambda d: next((d / "validation").glob("*.wav")).unlink(),
         lambda d: (d / "clotho_captions_evaluation.csv").write_text("file_name\n", encoding="utf-8"),
-        lambda d: (d / MARKER).unlink(),
         lambda d: (d / "evaluation" / "extra.wav").write_bytes(b""),
     ]
     for damage in damages:
@@ -162,7 +171,13 @@ def test_ensure_reuses_a_complete_dataset_and_rebuilds_a_damaged_one(tmp_path, c
 
     ensure_synthetic_dataset(small_config(tmp_path, seed=1))
     assert "other parameters" in capsys.readouterr().out
-    assert not list(cfg.dataset_dir.parent.glob(".Clotho.*")), "temporary folders were left behind"
+    assert not list(cfg.dataset_dir.parent.glob(".Clotho.*[!k]")), "temporary folders were left behind"  # .lock stays
+
+    (cfg.dataset_dir / MARKER).unlink()  # without its marker the folder is no longer provably ours: left alone
+    before = all_files(cfg.dataset_dir)
+    with pytest.raises(NotOurFolderError, match="marker file was lost, delete the folder yourself"):
+        ensure_synthetic_dataset(cfg)
+    assert all_files(cfg.dataset_dir) == before
 
 
 def test_clotho_profile_has_no_synthetic_dataset(tmp_path):
@@ -189,7 +204,103 @@ def test_command_line(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "Reusing synthetic dataset" in second.stdout
     bad = subprocess.run([*command, "--min-seconds", "3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "min_seconds" in bad.stderr
+    assert bad.returncode == 2 and "--min-seconds 3 is above --max-seconds 1.2" in bad.stderr
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_CLI = ["--clips-per-split", "1", "--min-seconds", "1", "--max-seconds", "1.2", "--splits", "development"]
+
+
+def synth_cli(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "course_lib.synth", *arguments], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_a_folder_the_generator_did_not_make_is_never_replaced(tmp_path):
+    home = tmp_path / "my_project"
+    home.mkdir()
+    (home / "thesis.tex").write_text("two years of work")
+    (home / "notes").mkdir()
+    (home / "notes" / "ideas.md").write_text("keep me")
+    before = all_files(home)
+    for out in (".", str(home)):  # `--out .` from inside the folder, and the folder by name
+        result = synth_cli("--out", out, *SMALL_CLI, cwd=home)
+        assert result.returncode == 2
+        assert f"{home} already exists and was not made by the synthetic generator" in result.stderr
+        assert "Choose another folder" in result.stderr and "--out" in result.stderr
+        assert all_files(home) == before
+    a_file = tmp_path / "data.csv"
+    a_file.write_text("mine")
+    with pytest.raises(NotOurFolderError, match=f"{a_file} is a file or a link"):
+        generate_dataset(a_file, clips=1, workers=1, progress=False, **{k: TINY[k] for k in ("min_seconds", "max_seconds")})
+    assert a_file.read_text() == "mine"
+
+
+def test_an_empty_folder_or_our_own_may_be_replaced(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    generate_dataset(empty, clips=1, splits=["evaluation"], workers=1, progress=False, min_seconds=1, max_seconds=1)
+    generate_dataset(empty, clips=1, splits=["evaluation"], seed=2, workers=1, progress=False, min_seconds=1, max_seconds=1)
+    assert (empty / MARKER).is_file() and len(list(empty.rglob("*.wav"))) == 1
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--clips-per-split", "0"], "--clips-per-split 0: every split needs at least 1 clip"),
+    (["--clips-per-split", "-3"], "--clips-per-split -3: every split needs at least 1 clip"),
+    (["--min-seconds", "9", "--max-seconds", "3"], "--min-seconds 9 is above --max-seconds 3"),
+    (["--min-seconds", "12"], "--min-seconds 12 is above the default scale's max seconds 8"),
+    (["--min-seconds", "0"], "--min-seconds 0: durations must be above 0 seconds"),
+    (["--workers", "0"], "--workers 0: use at least 1 process"),
+])
+def test_command_line_names_the_value_typed(tmp_path, arguments, message):
+    result = synth_cli("--out", str(tmp_path / "out"), *arguments)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_during_generation_says_where_and_how_much(tmp_path, monkeypatch):
+    written = []
+    real_write_bytes = Path.write_bytes
+
+    def fill_the_disk_on_the_third_clip(self, data):
+        written.append(self)
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fill_the_disk_on_the_third_clip)
+    out = tmp_path / "data" / "Clotho"
+    with pytest.raises(DiskFullError) as err:
+        generate_dataset(out, clips=2, workers=1, progress=False, min_seconds=1, max_seconds=1)
+    message = str(err.value)
+    assert "The disk is full" in message and str(out.parent) in message and "it needs about" in message
+    assert "are free" in message and "--out" in message
+    assert not out.exists() and [p.name for p in out.parent.iterdir()] == [".Clotho.lock"]  # partial dataset removed
+
+
+def test_too_little_free_space_is_said_before_generating(tmp_path, monkeypatch):
+    import shutil
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000))
+    with pytest.raises(DiskFullError, match=r"Not enough disk space for 6 synthetic clips in .* needs about .* 1.0 kB are free"):
+        generate_dataset(tmp_path / "Clotho", clips=2, workers=1, progress=False, min_seconds=1, max_seconds=1)
+    assert not (tmp_path / "Clotho").exists()
+
+
+def test_two_processes_generating_one_folder_do_not_break_each_other(tmp_path):
+    out = tmp_path / "shared" / "Clotho"
+    arguments = ["--out", str(out), "--clips-per-split", "3", "--min-seconds", "2", "--max-seconds", "3", "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "course_lib.synth", *arguments]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in results]
+    outs = [out_text for out_text, _ in results]
+    assert sum("Wrote 9 clips" in text for text in outs) == 1  # one generated it ...
+    assert sum("Reusing synthetic dataset" in text for text in outs) == 1  # ... the other waited, then reused it
+    assert len(list(out.rglob("*.wav"))) == 9 and not list(out.parent.glob(".Clotho.*.partial"))
 
 
 # --- the sounds: attributes really change the audio -------------------------------------------------
