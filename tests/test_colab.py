@@ -1,0 +1,147 @@
+"""Colab set-up under a simulated Colab: the set-up cell, Google Drive, HDF5 locking, Colab's own packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib import colab
+from course_lib.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# Colab's versions (its published package list, 2026-08): installing the course must keep them.
+COLAB_PINS = {"torch": "2.11.0", "ipywidgets": "7.7.1"}
+
+
+@pytest.fixture
+def fake_colab(tmp_path, monkeypatch):
+    """A stand-in google.colab module whose drive.mount makes a /content/drive-like folder under tmp_path."""
+    mounted = []
+
+    def mount(path: str) -> None:
+        mounted.append(path)
+        (Path(path) / "MyDrive").mkdir(parents=True, exist_ok=True)
+
+    google = types.ModuleType("google")
+    google.colab = types.ModuleType("google.colab")
+    google.colab.drive = types.SimpleNamespace(mount=mount)
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", google.colab)
+    monkeypatch.setattr(colab, "DRIVE_MOUNT", tmp_path / "content" / "drive")
+    for name in ("COURSE_DATA_DIR", "HDF5_USE_FILE_LOCKING", "COURSE_USE_DRIVE"):
+        monkeypatch.delenv(name, raising=False)
+    return mounted
+
+
+def test_drive_holds_the_data_root_and_hdf5_locking_is_off(fake_colab, tmp_path, capsys):
+    assert colab.in_colab()
+    report = colab.setup_colab(use_drive=True)
+    drive_root = tmp_path / "content" / "drive"
+    assert fake_colab == [str(drive_root)]
+    assert os.environ["COURSE_DATA_DIR"] == str(drive_root / colab.DEFAULT_DRIVE_FOLDER / "data")
+    assert os.environ["HDF5_USE_FILE_LOCKING"] == "FALSE"
+    assert load_config().data_root == drive_root / colab.DEFAULT_DRIVE_FOLDER / "data"
+    assert "Google Drive" in report["data root"] and "CPU only (Runtime > Change runtime type" in capsys.readouterr().out
+    colab.setup_colab(use_drive=True)
+    assert fake_colab == [str(drive_root)], "an already mounted Drive is not mounted again"
+
+
+def test_without_drive_nothing_is_mounted_and_locking_is_untouched(fake_colab, monkeypatch):
+    report = colab.setup_colab()
+    assert fake_colab == [] and "HDF5_USE_FILE_LOCKING" not in os.environ and "COURSE_DATA_DIR" not in os.environ
+    assert "COURSE_USE_DRIVE=1" in report["data root"]
+    monkeypatch.setenv("COURSE_USE_DRIVE", "1")
+    colab.setup_colab()
+    assert len(fake_colab) == 1
+
+
+def test_the_locking_setting_lets_a_second_process_open_a_file_being_written(tmp_path):
+    """What HDF5_USE_FILE_LOCKING=FALSE changes: without POSIX locks (Drive), a reader no longer trips on the writer's lock."""
+    path = tmp_path / "features.hdf5"
+    holds_it_open = f"import h5py, time\nh5 = h5py.File({str(path)!r}, 'w')\nh5['x'] = [1]\nh5.flush()\nprint('open', flush=True)"
+    writer = subprocess.Popen([sys.executable, "-c", holds_it_open + "\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        reader = f"import h5py\nh5py.File({str(path)!r}, 'r').close()"
+        locked = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True,
+                                env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
+        assert locked.returncode != 0 and "lock" in locked.stderr.lower()
+        unlocked = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True,
+                                  env={**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"})
+        assert unlocked.returncode == 0, unlocked.stderr
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def run_setup_cell(source: str, monkeypatch, clone_exists: bool = False) -> list[list[str]]:
+    """Execute the set-up cell with subprocess, chdir and isdir stubbed; returns the commands it ran."""
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, check: commands.append(command))
+    monkeypatch.setattr(os, "chdir", lambda path: commands.append(["cd", path]))
+    monkeypatch.setattr(os.path, "isdir", lambda path: clone_exists)
+    monkeypatch.setattr(colab, "setup_colab", lambda: commands.append(["setup_colab"]))
+    exec(compile(source, "setup-cell", "exec"), {})
+    return commands
+
+
+def test_the_setup_cell_clones_installs_and_sets_up_in_colab(fake_colab, monkeypatch):
+    url = "https://github.com/someone/course.git"
+    commands = run_setup_cell(colab.setup_cell(url), monkeypatch)
+    assert commands[0] == ["git", "clone", "--depth", "1", url, colab.CLONE_DIR]
+    assert commands[1] == [sys.executable, "-m", "pip", "install", "--quiet", "-e", colab.CLONE_DIR]
+    assert commands[2:] == [["cd", f"{colab.CLONE_DIR}/notebooks"], ["setup_colab"]]
+    again = run_setup_cell(colab.setup_cell(url), monkeypatch, clone_exists=True)
+    assert again[0][-2:] == ["-e", colab.CLONE_DIR], "an existing clone is reused"
+
+
+def test_the_setup_cell_without_an_address_says_how_to_set_it(fake_colab, monkeypatch):
+    with pytest.raises(SystemExit, match="set it in pyproject.toml, then run scripts/write_colab_cells.py"):
+        run_setup_cell(colab.setup_cell(""), monkeypatch)
+
+
+def test_the_setup_cell_does_nothing_outside_colab(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert run_setup_cell(colab.setup_cell("https://github.com/someone/course.git"), monkeypatch) == []
+
+
+def test_badges_link_each_notebook_or_say_how_to_set_the_address():
+    assert colab.badge_markdown("https://github.com/someone/course.git", "05_x.ipynb").endswith(
+        "(https://colab.research.google.com/github/someone/course/blob/main/notebooks/05_x.ipynb)"
+    )
+    assert "not set yet" in colab.badge_markdown("", "05_x.ipynb")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_every_notebook_has_the_badge_and_setup_cell_from_pyproject(path):
+    url = colab.repository_url(ROOT / "pyproject.toml")
+    notebook = nbformat.read(path, as_version=4)
+    assert notebook.cells[0].source == colab.badge_markdown(url, path.name), "run scripts/write_colab_cells.py"
+    first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    assert first_code.source == colab.setup_cell(url), "run scripts/write_colab_cells.py"
+
+
+def test_installing_the_course_keeps_colabs_torch_and_ipywidgets(tmp_path):
+    """pip's resolver, told Colab's torch and ipywidgets (Python 3.13), must change neither (needs PyPI)."""
+    constraints = tmp_path / "colab.txt"
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in COLAB_PINS.items()))
+    report = tmp_path / "report.json"
+    platforms = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64", "any"]
+    command = [
+        sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--report", str(report),
+        "--python-version", "3.13", "--only-binary=:all:", *(f"--platform={p}" for p in platforms),
+        "-c", str(constraints), *(f"{name}=={version}" for name, version in COLAB_PINS.items()), str(ROOT),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"pip could not keep Colab's versions:\n{result.stderr[-2000:]}"
+    chosen = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+    assert {name: chosen[name] for name in COLAB_PINS} == COLAB_PINS
+    assert "course-lib" in chosen and "torchaudio" not in chosen
