@@ -190,7 +190,7 @@ def validate(model: DualEncoder, loader: DataLoader, recipe: dict[str, Any], dev
     clips = sorted(clip_emb)
     audio = torch.stack([clip_emb[clip] for clip in clips])
     row_of = {clip: row for row, clip in enumerate(clips)}
-    map10 = _t2a_map_at_10(torch.cat(caption_emb), audio, torch.tensor([row_of[clip] for clip in caption_clip]))
+    map10 = t2a_map_at_10(torch.cat(caption_emb), audio, torch.tensor([row_of[clip] for clip in caption_clip]))
     return float(np.average(losses, weights=sizes)), map10
 
 
@@ -386,11 +386,14 @@ def autocast_dtype(device: torch.device, mixed_precision: bool = True) -> torch.
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-# --- private helpers ----------------------------------------------------------------------------
+# --- the validation metric, and private helpers --------------------------------------------------
 
 
-def _t2a_map_at_10(text_emb: torch.Tensor, audio_emb: torch.Tensor, target: torch.Tensor) -> float:
-    """Text-to-audio mAP@10 with one relevant clip a caption: mean of 1/rank when rank <= 10, else 0 (ties count for it)."""
+def t2a_map_at_10(text_emb: torch.Tensor, audio_emb: torch.Tensor, target: torch.Tensor) -> float:
+    """Text-to-audio mAP@10, one relevant clip a caption (target: its row in audio_emb): mean of 1/rank if rank <= 10.
+
+    Taught in notebook 05 (notebook 06 teaches the full metrics). Ties count in the caption's favour.
+    """
     scores = text_emb @ audio_emb.T
     rank = (scores > scores[torch.arange(len(target)), target][:, None]).sum(dim=1) + 1
     return float(torch.where(rank <= 10, 1.0 / rank, torch.zeros_like(rank, dtype=torch.float)).mean())
