@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import types
+from pathlib import Path
 
-import pooch
 import pytest
 from clotho_fixtures import FileServer
 
@@ -37,7 +42,8 @@ def get(server, target, **kwargs):
 
 
 def leftovers(folder):
-    return [path.name for path in folder.iterdir() if path.name != NAME] if folder.is_dir() else []
+    """What a fetch left beside the file, besides its lock file (which stays, empty, on purpose)."""
+    return [path.name for path in folder.iterdir() if path.name not in (NAME, f".{NAME}.lock")] if folder.is_dir() else []
 
 
 def test_good_download_then_reuse_without_a_request(server, target):
@@ -123,21 +129,27 @@ def test_a_folder_that_cannot_be_created_is_a_local_problem(server, tmp_path):
 
 
 def test_a_full_disk_during_the_transfer_is_a_local_problem_and_not_retried(server, target, monkeypatch):
-    def write_then_fill_the_disk(self, url, output_file, pooch_instance):
-        with open(output_file, "wb") as handle:
-            handle.write(BODY[:1000])
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FillsUp(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", write_then_fill_the_disk)
-    with pytest.raises(DownloadError, match="No space left on device") as err:
+    real_open = open
+    monkeypatch.setattr(download, "open", lambda path, mode: FillsUp() if "incomplete" in str(path) else real_open(path, mode),
+                        raising=False)
+    with pytest.raises(DownloadError) as err:
         get(server, target)
-    assert err.value.kind == "local" and "free disk space" in str(err.value)
+    message = str(err.value)
+    assert err.value.kind == "local" and server.requests == [NAME]
+    assert f"The disk is full (no space left on device) while writing {NAME} in {target.parent}" in message
+    assert "are free there; this step needs about 1.0 MB" in message and "not the server" in message
     assert not target.exists() and leftovers(target.parent) == []
 
 
 def test_the_partial_file_of_a_killed_download_is_swept(server, target, capsys):
     target.parent.mkdir()
-    stale = target.parent / f".{NAME}.4242.partial"  # course_lib.files.atomic_path's temporary name
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    stale = target.parent / f".{NAME}.{finished.pid}.partial"  # an older version's temporary; its writer has exited
     stale.write_bytes(BODY[:500])
     others = [target.parent / "tmpabcd1234", target.parent / ".other.bin.4242.partial"]
     for path in others:
@@ -164,3 +176,94 @@ def test_host_reachable_answers_quickly_either_way():
         assert host_reachable(f"http://127.0.0.1:{port}/file", timeout_seconds=1.0)
     assert not host_reachable(f"http://127.0.0.1:{port}/file", timeout_seconds=1.0)  # closed now
     assert not host_reachable("not a url")
+
+
+# --- resuming, keeping the old file, two runs at once ------------------------------------------------------
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:  # a port nobody listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/{NAME}"
+
+
+def test_a_broken_transfer_resumes_where_it_stopped(server, target, capsys):
+    server.break_once.add(NAME)
+    get(server, target)
+    assert target.read_bytes() == BODY and server.requests == [NAME, NAME]
+    first, resumed_at = server.range_starts
+    assert first is None and 0 < resumed_at <= len(BODY) // 2  # the second request asked only for the rest
+    assert "resuming the interrupted download after" in capsys.readouterr().out
+    assert leftovers(target.parent) == []
+
+
+def test_a_download_interrupted_in_an_earlier_run_resumes(server, target):
+    target.parent.mkdir()
+    download.incomplete_path(target).write_bytes(BODY[:300_000])  # what a killed run received
+    get(server, target)
+    assert target.read_bytes() == BODY and server.range_starts == [300_000]
+
+
+def test_without_range_support_the_download_restarts_cleanly(server, target, capsys):
+    server.no_ranges.add(NAME)
+    server.break_once.add(NAME)
+    get(server, target)
+    assert target.read_bytes() == BODY and server.range_starts[0] is None and server.range_starts[1] > 0  # asked: got all
+    assert "cannot resume the interrupted download; starting again from byte 0" in capsys.readouterr().out
+
+
+def test_a_resumed_file_that_fails_its_md5_is_downloaded_again_whole(server, target, capsys):
+    target.parent.mkdir()
+    download.incomplete_path(target).write_bytes(b"x" * 1000)  # bytes of another version of the file
+    get(server, target)
+    assert target.read_bytes() == BODY and server.range_starts == [1000, None]
+    assert "does not match md5" in capsys.readouterr().out
+
+
+def test_a_complete_incomplete_file_is_checked_not_downloaded(server, target):
+    target.parent.mkdir()
+    download.incomplete_path(target).write_bytes(BODY)  # killed after the last byte, before the rename
+    get(server, target)
+    assert target.read_bytes() == BODY and server.range_starts == [len(BODY)]  # answered 416: nothing left to send
+
+
+def test_offline_a_mismatching_file_is_kept_until_a_replacement_arrives(target, monkeypatch, capsys):
+    monkeypatch.setattr(download, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    target.parent.mkdir()
+    target.write_bytes(b"an edited copy")
+    with pytest.raises(DownloadError) as err:
+        fetch(closed_port_url(), MD5, target, retries=1, progress=False)
+    assert err.value.kind == "connection" and target.read_bytes() == b"an edited copy"
+    assert "kept until the new one has arrived and matches" in capsys.readouterr().out
+
+
+def test_an_interrupted_download_says_it_will_resume(server, target):
+    server.break_once.add(NAME)
+    with pytest.raises(DownloadError, match=r"The [0-9.]+ kB received so far are kept in .*; the next run resumes") as err:
+        get(server, target, retries=1)
+    assert err.value.kind == "connection" and 0 < download.incomplete_path(target).stat().st_size <= len(BODY) // 2
+
+
+def test_two_processes_fetching_one_file_download_it_once(server, target, tmp_path):
+    server.slow.add(NAME)  # about two seconds, so that the second run starts while the first downloads
+    script = tmp_path / "fetch.py"
+    script.write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from course_lib.download import fetch
+        fetch({server.url + "/" + NAME!r}, {MD5!r}, Path({str(target)!r}), progress=False)
+        print("fetched")
+        """))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    first = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        incomplete = download.incomplete_path(target)
+        for _ in range(600):  # wait until the first run is downloading
+            if incomplete.exists() or first.poll() is not None:
+                break
+            subprocess.run([sys.executable, "-c", "import time; time.sleep(0.05)"])
+        second = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and out.strip() == "fetched", err
+    assert second.returncode == 0, second.stderr
+    assert f"Another run is building {target}; waiting" in second.stdout and "fetched" in second.stdout
+    assert server.requests == [NAME] and target.read_bytes() == BODY  # one transfer, not two
