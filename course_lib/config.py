@@ -12,9 +12,11 @@ Taught in notebook 00. Everything the course writes lives under one data root
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ class Config:
     data_root: Path
     baseline: dict[str, Any]
     settings: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)  # the YAML's training recipes, when it has them
 
     @property
     def profile_dir(self) -> Path:
@@ -70,8 +73,8 @@ class Config:
 
 def default_data_root() -> Path:
     """``COURSE_DATA_DIR`` if set, else ``data/`` beside the repository (or the working folder)."""
-    if os.environ.get("COURSE_DATA_DIR"):
-        return Path(os.environ["COURSE_DATA_DIR"]).expanduser().resolve()
+    if os.environ.get("COURSE_DATA_DIR"):  # set and not empty ("" counts as unset, as in most tools)
+        return _data_root_from_environment(os.environ["COURSE_DATA_DIR"])
     if (REPO_ROOT / "pyproject.toml").is_file():
         return REPO_ROOT / "data"
     return Path.cwd() / "data"
@@ -90,6 +93,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
             f"Config file {path} must be a mapping with 'baseline' and 'profiles' sections, "
             f"like {BASELINE_YAML}."
         )
+    if problems := config_problems(loaded):
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigError(f"Config file {path} has {len(problems)} setting(s) the course cannot use:\n{listed}\n"
+                          f"Fix them (the course's own values are in {BASELINE_YAML}).")
     return loaded
 
 
@@ -104,9 +111,11 @@ def load_config(
     known = tuple(loaded["profiles"])
     if profile not in known:
         raise ConfigError(f"Unknown profile {profile!r}. Choose one of: {', '.join(known)}.")
+    if isinstance(data_root, str) and not data_root.strip():
+        raise ConfigError(f"data_root {data_root!r} is blank. Pass a folder path, or None for the default data root.")
     root = Path(data_root).expanduser().resolve() if data_root else default_data_root()
     check_writable(root)
-    return Config(profile, root, loaded["baseline"], loaded["profiles"][profile])
+    return Config(profile, root, loaded["baseline"], loaded["profiles"][profile], loaded.get("training") or {})
 
 
 def check_writable(root: Path) -> None:
@@ -139,3 +148,175 @@ def resolve_device(preference: str = "auto") -> str:
     if preference == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return preference
+
+
+# --- after the lesson: checks that name the setting, its value and what is allowed -----------------------
+
+
+def _data_root_from_environment(value: str) -> Path:
+    """COURSE_DATA_DIR as a folder: blank is refused, a relative path is taken from the repository (not the working folder)."""
+    if not value.strip():
+        raise ConfigError(f"COURSE_DATA_DIR is set to {value!r}, a blank name. Unset it to use {REPO_ROOT / 'data'}, "
+                          "or set it to the folder the course should write its data to.")
+    if value != value.strip():
+        raise ConfigError(f"COURSE_DATA_DIR is set to {value!r}, with spaces at its start or end. Set it to the folder "
+                          "path without them.")
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path.resolve()
+    if (REPO_ROOT / "pyproject.toml").is_file():  # notebooks run from notebooks/, scripts from anywhere: one meaning
+        return (REPO_ROOT / path).resolve()
+    raise ConfigError(f"COURSE_DATA_DIR is set to the relative path {value!r}, which would mean another folder from "
+                      "every working folder. Set it to an absolute path, such as /home/you/course-data.")
+
+
+Check = Callable[[Any], str | None]  # a value -> None when allowed, else what is allowed
+
+
+def _shown(value: Any) -> str:
+    """A value as the YAML file spells it."""
+    if value is None:
+        return "null (empty)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list [" + ", ".join(_shown(item) for item in value[:4]) + (", ...]" if len(value) > 4 else "]")
+    return repr(value)
+
+
+def _number(above: float | None = None, at_least: float | None = None, below: float | None = None,
+            whole: bool = False) -> Check:
+    """A check for a number (a whole number when ``whole``) within bounds."""
+    kind = "a whole number" if whole else "a number"
+    bounds = [f"above {above:g}" if above is not None else "", f"at least {at_least:g}" if at_least is not None else "",
+              f"below {below:g}" if below is not None else ""]
+    wanted = " ".join([kind, " and ".join(bound for bound in bounds if bound)]).strip()
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
+            return wanted
+        if not math.isfinite(value) or (above is not None and value <= above) or (at_least is not None and value < at_least) \
+                or (below is not None and value >= below):
+            return wanted
+        return None
+
+    return check
+
+
+def _one_of(*choices: Any) -> Check:
+    return lambda value: None if value in choices and not isinstance(value, bool | list | dict) else \
+        "one of " + ", ".join(_shown(choice) for choice in choices)
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "a non-empty text"
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _or_null(check: Check, what: str) -> Check:
+    return lambda value: None if value is None or check(value) is None else f"null ({what}) or {check(value)}"
+
+
+def _splits(value: Any) -> str | None:
+    ok = isinstance(value, list) and value and all(isinstance(s, str) and s in SPLITS for s in value) \
+        and len(set(value)) == len(value)
+    return None if ok else f"a list of distinct splits, such as [{', '.join(SPLITS)}]"
+
+
+def _clip_counts(value: Any) -> str | None:
+    if _number(at_least=1, whole=True)(value) is None:
+        return None
+    if isinstance(value, dict) and value and all(k in SPLITS and _number(at_least=1, whole=True)(n) is None
+                                                 for k, n in value.items()):
+        return None
+    return "a whole number of at least 1, or a mapping {split: whole number of at least 1}"
+
+
+_POSITIVE, _NOT_NEGATIVE = _number(above=0), _number(at_least=0)
+_COUNT, _COUNT_OR_ZERO = _number(at_least=1, whole=True), _number(at_least=0, whole=True)
+_LR_PLATEAU = {"factor": _number(above=0, below=1), "patience": _COUNT_OR_ZERO, "threshold": _NOT_NEGATIVE,
+               "min_lr": _NOT_NEGATIVE}
+_PLATEAU_STOP = {"std": _NOT_NEGATIVE, "num_results": _COUNT, "grace_period": _COUNT_OR_ZERO}
+# Every setting the course reads: {key: check, or a mapping of the keys below it}. "?key": may be left out.
+BASELINE_SCHEMA: dict[str, Any] = {
+    "trial_stopper": {"metric": _text, "mode": _one_of("min", "max"), **_PLATEAU_STOP},
+    "?data_conf": {},
+    "feature_conf": {"window_seconds": _POSITIVE, "hop_seconds": _POSITIVE, "n_mels": _COUNT,
+                     "log_offset": lambda v: None if v == "machine_epsilon" or _POSITIVE(v) is None
+                     else "machine_epsilon or a number above 0"},
+    "param_conf": {"num_epoch": _COUNT, "batch_size": _COUNT},
+    "DualEncoderModel": {"audio_enc": {"out_dim": _COUNT}, "text_enc": {"out_dim": _COUNT}},
+    "criteria": {"infonce_loss": {"args": {"temperature": _POSITIVE}}},
+    "AdamOptimizer": {"args": {"lr": _POSITIVE, "weight_decay": _NOT_NEGATIVE}},
+    "ReduceLROnPlateau": {"args": _LR_PLATEAU},
+}
+RECIPE_SCHEMA: dict[str, Any] = {
+    "sampling": _one_of("caption", "clip"), "?crop_frames": _or_null(_number(at_least=64, whole=True), "whole clips"),
+    "pad_value": _one_of("zero", "silence"), "batch_size": _COUNT, "lr": _POSITIVE, "?weight_decay": _NOT_NEGATIVE,
+    "max_epochs": _COUNT, "temperature": _POSITIVE, "?mixed_precision": _flag,
+    "lr_plateau": _LR_PLATEAU, "plateau_stop": _PLATEAU_STOP,
+}
+PROFILE_SCHEMA: dict[str, Any] = {
+    "?description": _text, "dataset": _one_of("synthetic", "clotho"), "?splits": _splits,
+    "audio_encoder": {"width": _POSITIVE, "pretrained": _flag}, "text_model": _text,
+    "?device": _one_of("auto", "cpu", "cuda"), "?training_recipe": _text,
+}
+SYNTH_SCHEMA: dict[str, Any] = {"?seed": _COUNT_OR_ZERO, "?clips": _clip_counts, "?min_seconds": _POSITIVE,
+                                "?max_seconds": _POSITIVE}
+
+
+def _check(node: Any, schema: Check | dict[str, Any], key: str, problems: list[str]) -> None:
+    """Append to ``problems`` what in ``node`` (at dotted ``key``) breaks ``schema``."""
+    if callable(schema):
+        if (wanted := schema(node)) is not None:
+            problems.append(f"{key} is {_shown(node)}; it must be {wanted}.")
+        return
+    if not isinstance(node, dict):
+        problems.append(f"{key} is {_shown(node)}, where a mapping (indented 'name: value' lines) belongs.")
+        return
+    for name, below in schema.items():
+        optional, name = name.startswith("?"), name.lstrip("?")
+        if name not in node:
+            if not optional:
+                problems.append(f"{key}.{name} is missing; add it (see {BASELINE_YAML.name}).")
+            continue
+        _check(node[name], below, f"{key}.{name}", problems)
+
+
+def config_problems(loaded: dict[str, Any]) -> list[str]:
+    """Every setting of a loaded config the course cannot use, each naming the key, its value and what is allowed."""
+    problems: list[str] = []
+    _check(loaded.get("baseline"), BASELINE_SCHEMA, "baseline", problems)
+    recipes = loaded.get("training")
+    if recipes is not None:  # optional: recipes for course_lib.train
+        if not isinstance(recipes, dict) or not recipes:
+            problems.append(f"training is {_shown(recipes)}, where a mapping of recipes (name: settings) belongs.")
+            recipes = None
+        else:
+            for name, recipe in recipes.items():
+                _check(recipe, RECIPE_SCHEMA, f"training.{name}", problems)
+    profiles = loaded.get("profiles")
+    if not isinstance(profiles, dict) or not profiles:
+        problems.append(f"profiles is {_shown(profiles)}, where a mapping of profiles (name: settings) belongs.")
+        return problems
+    for name, profile in profiles.items():
+        _check(profile, PROFILE_SCHEMA, f"profiles.{name}", problems)
+        if not isinstance(profile, dict):
+            continue
+        if profile.get("dataset") == "synthetic" or "synth" in profile:
+            before = len(problems)
+            _check(profile.get("synth"), SYNTH_SCHEMA, f"profiles.{name}.synth", problems)
+            synth = profile.get("synth")
+            if len(problems) == before and synth.get("min_seconds", 5.0) > synth.get("max_seconds", 8.0):
+                problems.append(f"profiles.{name}.synth.min_seconds is {synth.get('min_seconds', 5.0)!r}, above max_seconds "
+                                f"{synth.get('max_seconds', 8.0)!r}; it must be at most max_seconds.")
+        recipe = profile.get("training_recipe")
+        if recipes and isinstance(recipe, str) and recipe not in recipes:
+            problems.append(f"profiles.{name}.training_recipe is {recipe!r}; it must be one of the training recipes: "
+                            f"{', '.join(recipes)}.")
+    return problems

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,98 @@ def test_device_resolution(monkeypatch):
 def test_default_root_is_beside_the_repository(monkeypatch):
     monkeypatch.delenv("COURSE_DATA_DIR", raising=False)
     assert config.default_data_root() == Path(config.__file__).resolve().parents[1] / "data"
+
+
+# --- the whole config is validated on load --------------------------------------------------------------
+
+
+def course_yaml() -> dict:
+    return yaml.safe_load(config.BASELINE_YAML.read_text())
+
+
+def load_changed(tmp_path, change) -> ConfigError:
+    """Load the course's YAML after ``change(loaded)``; return the error it must raise."""
+    loaded = course_yaml()
+    change(loaded)
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(loaded))
+    with pytest.raises(ConfigError) as err:
+        load_config(data_root=tmp_path / "data", yaml_path=path)
+    assert str(path) in str(err.value)
+    return err.value
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["baseline"]["feature_conf"].update(n_mels="64x"),
+     "baseline.feature_conf.n_mels is '64x'; it must be a whole number at least 1."),
+    (lambda c: c["baseline"]["feature_conf"].update(hop_seconds=0),
+     "baseline.feature_conf.hop_seconds is 0; it must be a number above 0."),
+    (lambda c: c["baseline"].update(feature_conf=[0.04, 0.02, 64]),
+     "baseline.feature_conf is a list [0.04, 0.02, 64], where a mapping (indented 'name: value' lines) belongs."),
+    (lambda c: c["profiles"]["synthetic"].update(audio_encoder=None),
+     "profiles.synthetic.audio_encoder is null (empty), where a mapping"),
+    (lambda c: c["profiles"]["clotho"].pop("text_model"), "profiles.clotho.text_model is missing; add it"),
+    (lambda c: c["profiles"]["clotho"].update(splits="development"),
+     "profiles.clotho.splits is 'development'; it must be a list of distinct splits, such as [development, validation, "
+     "evaluation]."),
+    (lambda c: c["profiles"]["clotho"].update(device="gpu"),
+     "profiles.clotho.device is 'gpu'; it must be one of 'auto', 'cpu', 'cuda'."),
+    (lambda c: c["profiles"]["synthetic"]["audio_encoder"].update(pretrained="no"),
+     "profiles.synthetic.audio_encoder.pretrained is 'no'; it must be true or false."),
+    (lambda c: c["profiles"]["synthetic"]["synth"].update(min_seconds=9.0),
+     "profiles.synthetic.synth.min_seconds is 9.0, above max_seconds 8.0"),
+    (lambda c: c["profiles"]["synthetic"]["synth"].update(clips={"development": 0}),
+     "profiles.synthetic.synth.clips is a mapping; it must be a whole number of at least 1, or a mapping"),
+    (lambda c: c["baseline"]["ReduceLROnPlateau"]["args"].update(factor=1.5),
+     "baseline.ReduceLROnPlateau.args.factor is 1.5; it must be a number above 0 and below 1."),
+    (lambda c: c["training"]["fast"].update(crop_frames=10),
+     "training.fast.crop_frames is 10; it must be null (whole clips) or a whole number at least 64."),
+    (lambda c: c["training"]["baseline"].update(pad_value=0.0),
+     "training.baseline.pad_value is 0.0; it must be one of 'zero', 'silence'."),
+    (lambda c: c["profiles"]["synthetic"].update(training_recipe="fastest"),
+     "profiles.synthetic.training_recipe is 'fastest'; it must be one of the training recipes: baseline, fast."),
+    (lambda c: c.update(profiles=None), "profiles is null (empty), where a mapping of profiles"),
+    (lambda c: c.update(training=["fast"]), "training is a list ['fast'], where a mapping of recipes"),
+])
+def test_a_wrong_setting_names_the_key_the_value_and_what_is_allowed(tmp_path, change, message):
+    assert message in str(load_changed(tmp_path, change))
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    def two_mistakes(loaded):
+        loaded["baseline"]["feature_conf"]["hop_seconds"] = 0
+        loaded["baseline"]["param_conf"]["batch_size"] = True
+
+    error = str(load_changed(tmp_path, two_mistakes))
+    assert "has 2 setting(s) the course cannot use" in error and "hop_seconds is 0" in error
+    assert "batch_size is true; it must be a whole number at least 1" in error
+
+
+def test_the_training_section_is_optional_and_reaches_the_config(tmp_path):
+    assert set(load_config(data_root=tmp_path).training) == {"baseline", "fast"}
+    loaded = course_yaml()
+    del loaded["training"]
+    path = tmp_path / "no_training.yaml"
+    path.write_text(yaml.safe_dump(loaded))
+    assert load_config(data_root=tmp_path, yaml_path=path).training == {}
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", "  "])
+def test_a_blank_data_dir_is_refused_and_creates_nothing(tmp_path, monkeypatch, blank):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COURSE_DATA_DIR", blank)
+    with pytest.raises(ConfigError, match=re.escape(f"COURSE_DATA_DIR is set to {blank!r}, a blank name. Unset it")):
+        load_config()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("COURSE_DATA_DIR", "")  # empty counts as unset
+    assert config.default_data_root() == config.REPO_ROOT / "data"
+
+
+def test_a_relative_data_dir_is_taken_from_the_repository_not_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COURSE_DATA_DIR", "data")
+    assert config.default_data_root() == config.REPO_ROOT / "data"
+    monkeypatch.setenv("COURSE_DATA_DIR", " /tmp/x")
+    with pytest.raises(ConfigError, match="spaces at its start or end"):
+        config.default_data_root()
+    assert list(tmp_path.iterdir()) == []
