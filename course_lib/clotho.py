@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from course_lib._report import say
 from course_lib.config import SPLITS, Config
 from course_lib.download import fetch
-from course_lib.files import atomic_path, write_json_atomically
+from course_lib.files import atomic_path, building, write_json_atomically
 
 ZENODO_URL = "https://zenodo.org/record/4783391/files"
 CAPTIONS_PER_CLIP = 5
@@ -108,22 +108,22 @@ def ensure_caption_tables(cfg: Config, progress: bool = True, verbose: bool = Tr
     ``course_lib.pipeline.prepare(cfg, until="captions")`` builds it first when it is missing.
     """
     _require_dataset(cfg.dataset_dir, cfg.splits)
-    cfg.prepared_dir.mkdir(parents=True, exist_ok=True)
     audio_info_path, vocab_info_path = cfg.prepared_dir / "audio_info.json", cfg.prepared_dir / "vocab_info.json"
-    audio_info = _read_json(audio_info_path) or {}
-    tables, rebuilt = {}, []
-    for split in cfg.splits:
-        tables[split] = _reusable_table(cfg, split, audio_info)
-        if tables[split] is None:
-            tables[split], audio_info[split] = build_caption_table(cfg.dataset_dir, split, progress)
-            with atomic_path(table_path(cfg, split)) as temporary:
-                tables[split].to_csv(temporary, index=False, encoding="utf-8")
-            tables[split] = load_caption_table(cfg, split)
-            rebuilt.append(split)
-    check_unique_ids(tables)
-    if rebuilt or _read_json(vocab_info_path) is None:
-        write_json_atomically(audio_info_path, {split: audio_info[split] for split in cfg.splits})
-        write_json_atomically(vocab_info_path, vocabulary_info(tables))
+    with building(audio_info_path):  # one run at a time writes a data root's caption tables
+        audio_info = _read_json(audio_info_path) or {}
+        tables, rebuilt = {}, []
+        for split in cfg.splits:
+            tables[split] = _reusable_table(cfg, split, audio_info)
+            if tables[split] is None:
+                tables[split], audio_info[split] = build_caption_table(cfg.dataset_dir, split, progress)
+                with atomic_path(table_path(cfg, split)) as temporary:
+                    tables[split].to_csv(temporary, index=False, encoding="utf-8")
+                tables[split] = load_caption_table(cfg, split)
+                rebuilt.append(split)
+        check_unique_ids(tables)
+        if rebuilt or _read_json(vocab_info_path) is None:
+            write_json_atomically(audio_info_path, {split: audio_info[split] for split in cfg.splits})
+            write_json_atomically(vocab_info_path, vocabulary_info(tables))
     reused = [split for split in cfg.splits if split not in rebuilt]
     if verbose:
         print(f"Caption tables in {cfg.prepared_dir}: built {rebuilt or 'none'}, reused {reused or 'none'}.")
@@ -408,7 +408,9 @@ def download_clotho(
         say(verbose, f"{split}: fetching {archive_name} ({size}) unless a checked copy is in the downloads folder.")
         archive_path = cfg.downloads_dir / "clotho" / archive_name
         archive = fetch(file_url(archive_name, base_url), remote.md5, archive_path, progress=progress)
-        extract_split(archive, dataset_dir, split, progress=progress)
+        with building(dataset_dir / split):
+            if not split_is_complete(dataset_dir, split):  # another run may have extracted it meanwhile
+                extract_split(archive, dataset_dir, split, progress=progress)
         say(verbose, f"{split}: extracted {len(read_captions(dataset_dir, split))} wav files into {dataset_dir / split}.")
         if not keep_archives:
             archive.unlink()

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,16 +27,17 @@ import torch
 from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
+from course_lib._pool import default_workers, map_in_processes
 from course_lib._report import say
 from course_lib.clotho import load_caption_table
 from course_lib.config import Config
-from course_lib.files import atomic_path, remove_stale, write_json_atomically
+from course_lib.files import atomic_path, building, remove_stale, write_json_atomically
 
 SAMPLE_RATE = 44_100  # Clotho's rate; every clip is brought to it before framing
 RESAMPLE_TYPE = "soxr_hq"  # librosa's default resampler since 0.10, named so it cannot drift
 BLAS = ThreadpoolController()  # to run the mel matrix product on one BLAS thread (see log_mel)
 # ensure_features' default: one process below this many clips in a split, every core from it on. On 2 cores,
-# starting the workers took 2.2 s the first time in a session (the fork server, see process_pool) and 0.1 s
+# starting the workers took 2.2 s the first time in a session (the fork server, see course_lib._pool) and 0.1 s
 # later; two processes won that back from about 400 clips of 15-30 s (benchmarks/results/features.json).
 PARALLEL_FROM_CLIPS = 500
 LOG_MEL_LIMIT = 1e3
@@ -267,40 +265,12 @@ def extract_clip(job: tuple[str, str, FeatureParams]) -> tuple[str, np.ndarray |
         return fid, None, f"{type(exc).__name__}: {exc}"
 
 
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes started by a fork server (spawned where there is none), never forked from this process.
-
-    Forking a process that runs threads (a Jupyter kernel, torch) can deadlock the child; Python 3.12 warns
-    about it and 3.14 no longer forks by default. The fork server is started once per Python session (a
-    few seconds) and imports this module and librosa's feature code first, so every worker it forks starts warm.
-    A script that builds features must therefore keep its top-level code under ``if __name__ == "__main__":``.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    context = multiprocessing.get_context("forkserver")
-    # librosa imports its modules lazily, on a process's first clip (about a second); the server imports them
-    # once, before it forks any worker. The list has no effect once the server runs (it serves the whole session).
-    context.set_forkserver_preload(["course_lib.features", "librosa.core.audio", "librosa.feature.spectral"])
-    return ProcessPoolExecutor(workers, mp_context=context)
-
-
-def default_workers(n_clips: int) -> int:
-    """One process for a small split (starting workers would cost more than it saves), else every core."""
-    return 1 if n_clips < PARALLEL_FROM_CLIPS else os.cpu_count() or 1
-
-
 def extract_all(jobs: list[tuple[str, str, FeatureParams]], workers: int | None, desc: str) -> Iterator[tuple]:
-    """Run extract_clip over the jobs, in order, on `workers` processes (None: default_workers; 1: this process)."""
-    workers = min(workers or default_workers(len(jobs)), max(len(jobs), 1))
-    if workers == 1:
-        yield from tqdm(map(extract_clip, jobs), total=len(jobs), desc=desc, unit="clip")
-        return
-    chunksize = max(1, len(jobs) // (workers * 8))
-    pool = process_pool(workers)
-    try:
-        yield from tqdm(pool.map(extract_clip, jobs, chunksize=chunksize), total=len(jobs), desc=desc, unit="clip")
-    finally:  # on an error or Ctrl-C, drop the clips not yet started instead of waiting for them all
-        pool.shutdown(wait=True, cancel_futures=True)
+    """Run extract_clip over the jobs, in order, on `workers` processes (None: one below PARALLEL_FROM_CLIPS clips)."""
+    workers = workers or default_workers(len(jobs), at_least=PARALLEL_FROM_CLIPS)
+    # Workers import librosa's feature code before their first clip (about a second), not once a clip.
+    results = map_in_processes(extract_clip, jobs, workers, preload=["course_lib.features", "librosa.feature.spectral"])
+    yield from tqdm(results, total=len(jobs), desc=desc, unit="clip")
 
 
 def build_split(
@@ -363,16 +333,17 @@ def ensure_features(cfg: Config, workers: int | None = None, skip_bad: bool = Fa
     for split in cfg.splits:
         files = clip_files(cfg, split)
         target = features_path(cfg, split)
-        reason = invalid_reason(target, files, params, skipped=read_skipped(cfg, split))
-        if reason is None:
-            skipped = len(read_skipped(cfg, split))
-            note = f", {skipped} skipped: delete {skipped_path(cfg, split).name} to retry them" if skipped else ""
-            say(verbose, f"{split}: reusing {target} ({len(files) - skipped} clips{note})")
-        else:
-            say(verbose, f"{split}: building {target} ({reason})")
-            start = time.perf_counter()
-            build_split(cfg, split, files, params, workers, skip_bad)
-            written = len(files) - len(read_skipped(cfg, split))
-            say(verbose, f"{split}: wrote {written} clips in {time.perf_counter() - start:.1f} s")
+        with building(target):  # another run building the same file: wait for it, then reuse its work
+            reason = invalid_reason(target, files, params, skipped=read_skipped(cfg, split))
+            if reason is None:
+                skipped = len(read_skipped(cfg, split))
+                note = f", {skipped} skipped: delete {skipped_path(cfg, split).name} to retry them" if skipped else ""
+                say(verbose, f"{split}: reusing {target} ({len(files) - skipped} clips{note})")
+            else:
+                say(verbose, f"{split}: building {target} ({reason})")
+                start = time.perf_counter()
+                build_split(cfg, split, files, params, workers, skip_bad)
+                written = len(files) - len(read_skipped(cfg, split))
+                say(verbose, f"{split}: wrote {written} clips in {time.perf_counter() - start:.1f} s")
         paths[split] = target
     return paths

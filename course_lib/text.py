@@ -31,7 +31,7 @@ from course_lib._text_models import (
 )
 from course_lib.clotho import load_caption_table
 from course_lib.config import Config, resolve_device
-from course_lib.files import remove_stale
+from course_lib.files import building, remove_stale
 from course_lib.text_cache import (
     CacheError,
     EmbeddingCache,
@@ -149,6 +149,21 @@ def ensure_embeddings(
 
     ``model``: ``model_name`` already loaded by ``load_text_model``, used instead of loading it again (still fingerprinted).
     """
+    with building(path):  # one run at a time writes a cache file; a second waits, then reuses it
+        return _ensure_embeddings(path, tids, texts, model_name, device, batch_size, progress, model, verbose)
+
+
+def _ensure_embeddings(
+    path: Path,
+    tids: list[str],
+    texts: list[str],
+    model_name: str | Path,
+    device: str = "auto",
+    batch_size: int = 128,
+    progress: bool = True,
+    model: SentenceTransformer | None = None,
+    verbose: bool = True,
+) -> Path:
     tids, texts = [str(tid) for tid in tids], [str(text) for text in texts]
     if not tids or len(set(tids)) != len(tids) or len(tids) != len(texts):
         raise ValueError("Pass at least one caption, unique tids and as many texts as tids.")

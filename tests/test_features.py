@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -14,7 +16,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from course_lib import clotho, features
+from course_lib import clotho, features, files
+from course_lib._pool import default_workers
 from course_lib.clotho import load_caption_table
 from course_lib.config import load_config
 from course_lib.features import (
@@ -22,7 +25,6 @@ from course_lib.features import (
     FeatureExtractionError,
     FeatureParams,
     TorchLogMel,
-    default_workers,
     ensure_features,
     frame_count,
     load_audio,
@@ -316,8 +318,8 @@ def test_a_changed_captions_csv_rebuilds_the_caption_table_and_the_features(cfg,
 
 
 def temporaries(cfg) -> list[str]:
-    """Files in the prepared folder that are not finished artifacts (atomic_path's temporary names)."""
-    return sorted(path.name for path in cfg.prepared_dir.iterdir() if path.name.startswith("."))
+    """Files in the prepared folder that are not finished artifacts (atomic_path's temporary names; lock files stay)."""
+    return sorted(path.name for path in cfg.prepared_dir.iterdir() if path.name.startswith(".") and path.suffix != ".lock")
 
 
 def test_a_temporary_left_by_a_killed_run_is_removed(cfg, capsys):
@@ -346,8 +348,8 @@ def test_a_build_that_fails_midway_leaves_no_temporary_and_no_file(cfg, monkeypa
 
 
 def test_small_splits_use_one_process_by_default():
-    assert default_workers(PARALLEL_FROM_CLIPS - 1) == 1
-    assert default_workers(PARALLEL_FROM_CLIPS) == (os.cpu_count() or 1)
+    assert default_workers(PARALLEL_FROM_CLIPS - 1, at_least=PARALLEL_FROM_CLIPS) == 1
+    assert default_workers(PARALLEL_FROM_CLIPS, at_least=PARALLEL_FROM_CLIPS) == min(len(os.sched_getaffinity(0)), 8)
 
 
 def test_a_corrupt_file_is_rebuilt(cfg):
@@ -375,7 +377,7 @@ def test_unreadable_wavs_fail_naming_every_one_and_leave_nothing(cfg):
     message = str(error.value)
     assert all(repr(name) in message for name in names)
     assert "2 of 3 development" in message and "skip_bad=True" in message
-    assert not list(cfg.prepared_dir.glob("*logmels*")) and temporaries(cfg) == []
+    assert not list(cfg.prepared_dir.glob("*logmels.hdf5")) and temporaries(cfg) == []
 
 
 def test_skip_bad_saves_the_skipped_list_and_is_reused(cfg, capsys):
@@ -405,3 +407,23 @@ def test_several_workers_give_the_same_features_as_one(cfg, tmp_path):
             assert sorted(first.keys()) == sorted(second.keys())
             for fid in first:
                 np.testing.assert_array_equal(first[fid][()], second[fid][()])
+
+
+def test_two_runs_on_one_data_root_wait_for_each_other_and_keep_each_others_files(cfg):
+    """A second process (another notebook, make course) waits for the lock and never sweeps a live run's temporary."""
+    target = features.features_path(cfg, "development")
+    live_temporary = files.temporary_path(target)  # what this (running) process is writing
+    script = (
+        "from course_lib.config import load_config\nfrom course_lib.features import ensure_features\n"
+        f"ensure_features(load_config('synthetic', data_root={str(cfg.data_root)!r}), workers=1)\n"
+    )
+    with files.building(target):
+        live_temporary.write_bytes(b"being written by a live process")
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        first_line = other.stdout.readline()
+        assert "Another run is building" in first_line and target.name in first_line
+        assert other.poll() is None, "the other run waits while this one holds the lock"
+    out = first_line + other.stdout.read()
+    assert other.wait(timeout=120) == 0, out
+    assert "development: building" in out and live_temporary.read_bytes() == b"being written by a live process"
+    assert features.invalid_reason(target, features.clip_files(cfg, "development"), FeatureParams()) is None
