@@ -28,7 +28,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from course_lib.clotho import load_caption_table
 from course_lib.cnn14 import SILENCE_LOG_MEL
+from course_lib.config import Config
+from course_lib.features import REBUILD_FEATURES, check_log_mel, features_path
+from course_lib.text import load_caption_embeddings
 
 PAD_VALUES = {"zero": 0.0, "silence": SILENCE_LOG_MEL}
 SAMPLINGS = ("caption", "clip")
@@ -142,12 +146,8 @@ class Collate:
 # --- reading a split ---------------------------------------------------------------------------
 
 
-def load_split(cfg, split: str) -> SplitData:
+def load_split(cfg: Config, split: str) -> SplitData:
     """A split's SplitData from the files the earlier stages wrote (caption table, HDF5 log-mels, embeddings)."""
-    from course_lib.clotho import load_caption_table
-    from course_lib.features import features_path
-    from course_lib.text import load_caption_embeddings
-
     table = load_caption_table(cfg, split)
     tids, vectors = load_caption_embeddings(cfg)
     row_of = {str(tid): row for row, tid in enumerate(tids)}
@@ -155,11 +155,11 @@ def load_split(cfg, split: str) -> SplitData:
     if missing:
         raise KeyError(
             f"{len(missing)} {split} captions (e.g. tid {missing[0]!r}) have no embedding in the embeddings file. "
-            "Rebuild it with course_lib.text.ensure_caption_embeddings(cfg)."
+            "Rebuild it: course_lib.pipeline.prepare(cfg, until='embeddings')."
         )
     h5_path = features_path(cfg, split)
     if not h5_path.is_file():
-        raise FileNotFoundError(f"No log-mels at {h5_path}. Build them with course_lib.features.ensure_features(cfg).")
+        raise FileNotFoundError(f"No log-mels at {h5_path}: build them with course_lib.pipeline.prepare(cfg, until='features').")
     rows = [row_of[tid] for tid in table["tid"].astype(str)]
     return SplitData(h5_path, table["fid"].astype(str).to_numpy(), table["tid"].astype(str).to_numpy(), vectors[rows])
 
@@ -170,9 +170,9 @@ def load_all(h5_path: Path, fids: list[str]) -> dict[str, np.ndarray]:
         missing = [fid for fid in fids if fid not in h5]
         if missing:
             raise KeyError(
-                f"{len(missing)} clips (e.g. fid {missing[0]!r}) have no log-mel in {h5_path}. Rebuild: ensure_features(cfg)."
+                f"{len(missing)} clips (e.g. fid {missing[0]!r}) have no log-mel in {h5_path}. {REBUILD_FEATURES}"
             )
-        return {fid: np.asarray(h5[fid][()], dtype=np.float32) for fid in fids}
+        return {fid: check_log_mel(np.asarray(h5[fid][()], dtype=np.float32), fid, h5_path) for fid in fids}
 
 
 def _fits_in_memory(h5_path: Path, share: float = 0.25) -> bool:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.cnn14 import CNN14Encoder
+from course_lib.config import Config
 
 OUT_DIM = 300  # the baseline's shared embedding size
 
@@ -94,8 +95,6 @@ def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu") -> Dual
     if isinstance(cfg_or_checkpoint_path, str | Path):
         path = Path(cfg_or_checkpoint_path)
     else:
-        from course_lib.train import best_checkpoint_path  # train imports this module: import here
-
         path = best_checkpoint_path(cfg_or_checkpoint_path)
     if not path.is_file():
         raise FileNotFoundError(f"No trained model at {path}. Train one with course_lib.train.ensure_trained(cfg) (notebook 05).")
@@ -103,6 +102,16 @@ def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu") -> Dual
     model = model_from_identity(checkpoint["identity"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()
+
+
+def run_dir_for(cfg: Config, recipe: str | None = None) -> Path:
+    """Where the profile's training run of a recipe lives: <models>/dual_encoder/<recipe>/ (default: the profile's recipe)."""
+    return cfg.models_dir / "dual_encoder" / (recipe or cfg.settings.get("training_recipe", "baseline"))
+
+
+def best_checkpoint_path(cfg: Config, recipe: str | None = None) -> Path:
+    """The best checkpoint (lowest validation loss) of the profile's run of a recipe."""
+    return run_dir_for(cfg, recipe) / "best.pt"
 
 
 def model_from_identity(identity: dict[str, Any]) -> DualEncoder:

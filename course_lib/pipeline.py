@@ -10,7 +10,8 @@ profile's data root:
     model       the trained dual encoder's best checkpoint                      (notebook 05)
 
 ``prepare(cfg, until="features")`` runs the stages up to that one: each reuses what is valid and
-rebuilds what is not, and the pipeline prints one status line a stage. Stage functions take their
+rebuilds what is not, and the pipeline prints one status line a stage (plus progress bars, and the
+epoch lines while a model trains). Stage functions take their
 inputs explicitly and never run the stage before them; a notebook opened on a fresh runtime calls
 ``prepare`` to build what it is missing.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from course_lib import clotho, features, synth, text, text_cache, train
+from course_lib import clotho, features, model, synth, text, text_cache, train
 from course_lib.config import Config, ConfigError
 
 STAGES = ("dataset", "captions", "features", "embeddings", "model")
@@ -49,7 +50,7 @@ def prepare(cfg: Config, until: str = "embeddings", verbose: bool = True) -> Pre
         build, outputs = _STAGES[stage]
         before = _snapshot(outputs(cfg))
         started = time.perf_counter()
-        summary = build(done, verbose=False)
+        summary = build(done, progress=verbose)
         seconds = time.perf_counter() - started
         action = "reused" if _snapshot(outputs(cfg)) == before else f"built in {seconds:.1f} s"
         if verbose:
@@ -60,33 +61,34 @@ def prepare(cfg: Config, until: str = "embeddings", verbose: bool = True) -> Pre
 # --- the stages, in order: each reads what the stages before it left in ``done`` ---------------
 
 
-def _dataset(done: Prepared, verbose: bool) -> str:
+def _dataset(done: Prepared, progress: bool) -> str:
     cfg = done.cfg
     if cfg.settings.get("dataset", cfg.profile) == "synthetic":
-        done.dataset_dir = synth.ensure_synthetic_dataset(cfg, verbose=verbose)
+        done.dataset_dir = synth.ensure_synthetic_dataset(cfg, verbose=False)
     else:
-        done.dataset_dir = clotho.download_clotho(cfg, verbose=verbose)
+        done.dataset_dir = clotho.download_clotho(cfg, verbose=False)
     return str(done.dataset_dir)
 
 
-def _captions(done: Prepared, verbose: bool) -> str:
-    done.tables = clotho.ensure_caption_tables(done.cfg, verbose=verbose)
+def _captions(done: Prepared, progress: bool) -> str:
+    done.tables = clotho.ensure_caption_tables(done.cfg, verbose=False)
     counts = ", ".join(f"{split} {len(table)}" for split, table in done.tables.items())
     return f"captions: {counts}"
 
 
-def _features(done: Prepared, verbose: bool) -> str:
-    done.features = features.ensure_features(done.cfg, verbose=verbose)
+def _features(done: Prepared, progress: bool) -> str:
+    done.features = features.ensure_features(done.cfg, verbose=False)
     return f"log-mels in {done.cfg.prepared_dir}"
 
 
-def _embeddings(done: Prepared, verbose: bool) -> str:
-    done.embeddings = text.ensure_caption_embeddings(done.cfg, verbose=verbose)
+def _embeddings(done: Prepared, progress: bool) -> str:
+    done.embeddings = text.ensure_caption_embeddings(done.cfg, verbose=False)
     return str(done.embeddings)
 
 
-def _model(done: Prepared, verbose: bool) -> str:
-    done.checkpoint = train.ensure_trained(done.cfg, verbose=verbose)
+def _model(done: Prepared, progress: bool) -> str:
+    # Training takes minutes: its epoch lines are progress, shown whenever the pipeline speaks.
+    done.checkpoint = train.ensure_trained(done.cfg, verbose=progress)
     return str(done.checkpoint)
 
 
@@ -95,7 +97,7 @@ _STAGES: dict[str, tuple[Callable[..., str], Callable[[Config], Iterable[Path]]]
     "captions": (_captions, lambda cfg: [clotho.table_path(cfg, split) for split in cfg.splits]),
     "features": (_features, lambda cfg: [features.features_path(cfg, split) for split in cfg.splits]),
     "embeddings": (_embeddings, lambda cfg: [text_cache.caption_embeddings_path(cfg)]),
-    "model": (_model, lambda cfg: [train.best_checkpoint_path(cfg)]),
+    "model": (_model, lambda cfg: [model.best_checkpoint_path(cfg)]),
 }
 
 

@@ -42,7 +42,8 @@ from course_lib.config import BASELINE_YAML, Config, ConfigError, read_yaml
 from course_lib.data import PAD_VALUES, Collate, SplitData, load_split, make_dataset
 from course_lib.files import atomic_path, write_json_atomically, write_text_atomically
 from course_lib.loss import infonce_loss
-from course_lib.model import DualEncoder, model_from_identity
+from course_lib.model import DualEncoder, model_from_identity, run_dir_for
+from course_lib.panns import ensure_pretrained_encoder
 
 RECIPES = ("baseline", "fast")
 
@@ -215,16 +216,6 @@ def recipe_settings(cfg: Config, recipe: str | None = None) -> tuple[str, dict[s
     return name, copy.deepcopy(recipes[name])
 
 
-def run_dir_for(cfg: Config, recipe: str | None = None) -> Path:
-    """Where the profile's run of a recipe lives: <models>/dual_encoder/<recipe>/."""
-    return cfg.models_dir / "dual_encoder" / recipe_settings(cfg, recipe)[0]
-
-
-def best_checkpoint_path(cfg: Config, recipe: str | None = None) -> Path:
-    """The best checkpoint (lowest validation loss) of the profile's run of a recipe."""
-    return run_dir_for(cfg, recipe) / "best.pt"
-
-
 def run_identity(
     recipe_name: str, recipe: dict[str, Any], seed: int, width: float, out_dim: int, text_model: str, text_dim: int,
     pretrained: bool, train_split: SplitData,
@@ -256,8 +247,6 @@ def train(
     if read_checkpoint(run_dir / "last.pt", identity) is not None:
         model = model_from_identity(identity)  # its weights come from the checkpoint
     else:
-        from course_lib.panns import ensure_pretrained_encoder
-
         encoder = ensure_pretrained_encoder(cfg)[0]  # PANNs weights when the profile asks for them, else random
         model = DualEncoder(encoder, identity["text_dim"])
     return fit(model, train_split, val_split, settings, run_dir, identity, seed, cfg.settings.get("device", "auto"),

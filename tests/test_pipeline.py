@@ -11,7 +11,7 @@ import yaml
 from course_lib import pipeline
 from course_lib.config import BASELINE_YAML, ConfigError, load_config
 
-STAGE_MODULES = ["synth", "clotho", "features", "text", "text_cache", "cnn14", "panns"]
+STAGE_MODULES = ["synth", "clotho", "features", "text", "text_cache", "cnn14", "panns", "data", "model", "loss", "train"]
 COURSE_LIB = Path(pipeline.__file__).parent
 
 
