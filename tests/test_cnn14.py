@@ -433,3 +433,44 @@ def test_pretrained_encoder_is_transferred_once_then_reused(tmp_path, monkeypatc
     assert status.startswith("Transferred") and "cannot be used" in capsys.readouterr().out
     for big in (checkpoint, cfg.models_dir / "CNN14_300.pth"):  # 650 MB that pytest would keep in /tmp
         big.unlink()
+
+
+# --- checkpoints the course refuses, in plain words --------------------------------------------------------
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(CNN14Encoder(width=SMALL).state_dict(), folder / "best.pth")
+    with pytest.raises(IsADirectoryError, match=r"run is a folder, not a file \(it holds best.pth\)"):
+        load_encoder_weights(CNN14Encoder(width=SMALL), folder)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        transfer_panns(folder, width=SMALL)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_infinite_weights_are_refused(tmp_path, bad):
+    state = CNN14Encoder(width=SMALL).state_dict()
+    state["cnn.3.weight"][0, 0, 0, 0] = bad
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"diverged.pth holds NaN or infinite weights in 1 tensors \(e.g. cnn.3.weight: 1 of"):
+        load_encoder_weights(CNN14Encoder(width=SMALL), path)
+    stand_in = build_panns(SMALL)
+    stand_in["model"]["fc1.weight"][0, 0] = bad
+    with pytest.raises(ValueError, match="NaN or infinite weights .*fc1.weight"):
+        transfer_panns(stand_in, width=SMALL)
+
+
+def test_torchs_own_weights_only_refusal_is_explained_in_plain_words(tmp_path, monkeypatch):
+    import pickle
+
+    path = tmp_path / "plain_pickle.pth"  # pickled without torch.save: torch's refusal names no global
+    with open(path, "wb") as handle:
+        pickle.dump({"config": argparse.Namespace(lr=1), "weights": [1.0]}, handle)
+    monkeypatch.setattr(panns, "PANNS_MD5", "0" * 32)
+    with pytest.raises(ValueError) as error:
+        load_encoder_weights(CNN14Encoder(width=SMALL), path)
+    message = str(error.value)
+    assert "plain_pickle.pth holds Python objects besides tensors" in message and "Unpickling it can run code" in message
+    assert "torch.load(path, weights_only=False)" in message and "WeightsUnpickler" not in message
