@@ -259,7 +259,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
     "sampling": _one_of("caption", "clip"), "?crop_frames": _or_null(_number(at_least=64, whole=True), "whole clips"),
     "pad_value": _one_of("zero", "silence"), "batch_size": _COUNT, "lr": _POSITIVE, "?weight_decay": _NOT_NEGATIVE,
     "max_epochs": _COUNT, "temperature": _POSITIVE, "?mixed_precision": _flag,
-    "lr_plateau": _LR_PLATEAU, "plateau_stop": _PLATEAU_STOP,
+    "lr_plateau": _LR_PLATEAU, "plateau_stop": _PLATEAU_STOP, "?select_by": _one_of("val_loss", "val_t2a_map10"),
 }
 PROFILE_SCHEMA: dict[str, Any] = {
     "?description": _text, "dataset": _one_of("synthetic", "clotho"), "?splits": _splits,

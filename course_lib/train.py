@@ -88,17 +88,17 @@ def fit(
     val_order = np.random.default_rng(0).permutation(len(val_set)).tolist()
     val_loader = DataLoader(val_set, recipe["batch_size"], sampler=val_order, collate_fn=Collate(None, model.pad_value),
                             **_loader_options(val_set, device))
-    # Adam, and ReduceLROnPlateau on the validation loss, with the baseline's values; a scaler for fp16.
+    # Adam, and ReduceLROnPlateau on the validation loss (the baseline) or mAP@10, with the baseline's values; a scaler for fp16.
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.0))
     plateau = recipe["lr_plateau"]
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=plateau["factor"], patience=plateau["patience"],
-        threshold=plateau["threshold"], threshold_mode="abs", min_lr=plateau["min_lr"],
+        optimizer, mode="min" if selects_by(recipe) == "val_loss" else "max", factor=plateau["factor"],
+        patience=plateau["patience"], threshold=plateau["threshold"], threshold_mode="abs", min_lr=plateau["min_lr"],
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # Resume: a previous run of this setup in run_dir continues after its last complete epoch.
     history: list[dict[str, Any]] = []
-    best_val_loss, start_epoch = math.inf, 0
+    best_score, start_epoch = math.inf, 0
     checkpoint = read_checkpoint(run_dir / "last.pt", identity)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -106,7 +106,7 @@ def fit(
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_states(checkpoint["rng"], loader_rng)
-        history, best_val_loss = checkpoint["history"], checkpoint["best_val_loss"]
+        history, best_score = checkpoint["history"], checkpoint["best_score"]
         start_epoch = checkpoint["epoch"] + 1
         if checkpoint["finished"] or start_epoch > recipe["max_epochs"]:
             _say(verbose, f"{run_dir}: training already finished after epoch {checkpoint['epoch']}; nothing to do.")
@@ -119,17 +119,17 @@ def fit(
         train_loss = math.nan
         if epoch > 0:
             train_loss = train_one_epoch(model, train_loader, optimizer, scaler, autocast, recipe, device, epoch, verbose)
-        # Validate: the loss picks the best model and drives the schedule; mAP@10 is shown beside it.
+        # Validate: the loss (or, in the fast recipe, mAP@10) picks the best model and drives the schedule.
         val_loss, val_map10 = validate(model, val_loader, recipe, device, autocast)
-        scheduler.step(val_loss)
+        scheduler.step(val_loss if selects_by(recipe) == "val_loss" else val_map10)
         history.append({
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_t2a_map10": val_map10,
             "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start,
             "elapsed_s": time.perf_counter() - started,
         })
-        # Keep the model with the lowest validation loss.
-        if val_loss < best_val_loss:
-            best_val_loss = val_loss
+        # Keep the best model so far: lowest validation loss (the baseline), or highest mAP@10.
+        if selection_score(history[-1], recipe) < best_score:
+            best_score = selection_score(history[-1], recipe)
             save_atomically({"model": model.state_dict(), "identity": identity, "epoch": epoch, "val_loss": val_loss,
                              "val_t2a_map10": val_map10}, run_dir / "best.pt")
         # Stop on the baseline's plateau rule, or after the last epoch.
@@ -137,7 +137,7 @@ def fit(
         # Save everything needed to resume (model, optimiser, schedule, scaler, history, random states), then the history.
         save_atomically({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "best_val_loss": best_val_loss,
+            "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "best_score": best_score,
             "rng": rng_states(loader_rng), "identity": identity, "fingerprint": fingerprint(identity), "finished": finished,
         }, run_dir / "last.pt")
         write_history(history, run_dir)
@@ -193,6 +193,16 @@ def validate(model: DualEncoder, loader: DataLoader, recipe: dict[str, Any], dev
     row_of = {clip: row for row, clip in enumerate(clips)}
     map10 = t2a_map_at_10(torch.cat(caption_emb), audio, torch.tensor([row_of[clip] for clip in caption_clip]))
     return float(np.average(losses, weights=sizes)), map10
+
+
+def selects_by(recipe: dict[str, Any]) -> str:
+    """What picks the best epoch and drives the learning-rate schedule: 'val_loss' (the baseline) or 'val_t2a_map10'."""
+    return recipe.get("select_by", "val_loss")
+
+
+def selection_score(row: dict[str, Any], recipe: dict[str, Any]) -> float:
+    """Lower is better: the validation loss, or minus the validation mAP@10."""
+    return row["val_loss"] if selects_by(recipe) == "val_loss" else -row["val_t2a_map10"]
 
 
 def plateau_reached(val_losses: list[float], rule: dict[str, Any]) -> bool:
@@ -267,7 +277,7 @@ def ensure_trained(cfg: Config, recipe: str | None = None, verbose: bool = True)
                                last["identity"]["text_dim"], cfg.settings["audio_encoder"]["pretrained"],
                                load_split(cfg, "development"))
         if not differences(last["identity"], current):
-            _say(verbose, f"Reusing the trained model {run_dir / 'best.pt'} (epoch {best_epoch(last['history'])}).")
+            _say(verbose, f"Reusing the trained model {run_dir / 'best.pt'} (epoch {best_epoch(last['history'], settings)}).")
             return run_dir / "best.pt"
     return train(cfg, name, verbose=verbose)
 
@@ -323,8 +333,9 @@ def read_history(run_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(Path(run_dir) / "history.csv")
 
 
-def best_epoch(history: list[dict[str, Any]]) -> int:
-    return min(history, key=lambda row: row["val_loss"])["epoch"]
+def best_epoch(history: list[dict[str, Any]], recipe: dict[str, Any]) -> int:
+    """The epoch whose model best.pt holds."""
+    return min(history, key=lambda row: selection_score(row, recipe))["epoch"]
 
 
 def format_row(row: dict[str, Any]) -> str:
