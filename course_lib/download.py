@@ -70,6 +70,8 @@ def fetch(url: str, md5: str, path: Path, retries: int = 3, timeout_seconds: flo
         raise ValueError(f"fetch needs the published md5 of {url}")
     path = Path(path)
     try:
+        if path.is_file() and file_md5(path) == md5:  # the usual case, without a lock (a read-only folder works)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _local_problem(exc, path) from exc

@@ -291,9 +291,12 @@ def ensure_generated(
 ) -> Path:
     """Reuse ``out_dir`` when it is complete with these parameters, else generate it."""
     out_dir, params = Path(out_dir).expanduser().resolve(), _parameters(**parameters)
+    if not force and check_dataset(out_dir, params) is None:  # the usual case, without a lock (read-only folders work)
+        say(verbose, f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")
+        return out_dir
     refuse_foreign_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with building(out_dir):  # checked under the lock: a run that held it may have just generated it
+    with building(out_dir):  # checked again under the lock: a run that held it may have just generated it
         problem = "it was asked for (--force)" if force else check_dataset(out_dir, params)
         if problem is None:
             say(verbose, f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import socket
+import subprocess
+import sys
 import threading
 import warnings
 from functools import partial
@@ -236,7 +238,9 @@ def test_transfer_from_a_file_then_save_and_reload(tmp_path, capsys):
     torch.save({"iteration": 10, **build_panns(SMALL)}, path)
     encoder, report = transfer_panns(path, width=SMALL)
     assert capsys.readouterr().out == ""  # an int beside the tensors loads with weights_only=True, no fallback
-    stale = tmp_path / "models" / ".CNN14_300.pth.4242.partial"  # what a killed earlier save would leave
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    stale = tmp_path / "models" / f".CNN14_300.pth.{finished.pid}.partial"  # what a killed earlier save would leave
     stale.parent.mkdir()
     stale.write_bytes(b"half a file")
     saved = save_transferred_encoder(encoder, tmp_path / "models" / "CNN14_300.pth")
