@@ -1,19 +1,65 @@
-"""The figures the notebooks share: waveforms, log-mels, histograms, similarity matrices.
+"""The figures the notebooks share: a clip with its captions and player, waveforms, log-mels in Hz, histograms.
 
-Each function draws on a matplotlib Axes (a new one when none is given) and returns it,
-so notebooks can combine them into grids.
+Taught along the way, from notebook 00 on. Each ``plot_*`` function draws on a matplotlib Axes (a new
+one when none is given) and returns it, so notebooks can combine them into grids; ``show_clip`` shows a
+clip the way a learner meets it (captions, an audio player, its waveform and log-mel), and
+``plot_pipeline`` draws the course's stages (pass it ``course_lib.pipeline.STAGES``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
+import librosa.display
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Audio, display
+
+from course_lib.features import SAMPLE_RATE, log_mel
+
+__all__ = [
+    "STAGE_NOTES", "plot_bar", "plot_clip", "plot_filter_bank", "plot_histogram", "plot_log_mel", "plot_pipeline",
+    "plot_similarity_heatmap", "plot_similarity_histograms", "plot_spectrogram", "plot_time_steps", "plot_waveform",
+    "show_clip",
+]
 
 
 def _axes(ax: plt.Axes | None, figsize: tuple[float, float] = (8, 2.5)) -> plt.Axes:
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     return ax
+
+
+# --- a clip as a learner meets it (notebooks 00-04) ----------------------------------------
+
+
+def show_clip(
+    samples: np.ndarray, sample_rate: int, captions: Iterable[str] = (), title: str = "", figure: bool = True
+) -> plt.Figure | None:
+    """Print the title and captions, show an audio player, then the waveform above the log-mel (Hz axis).
+
+    Taught in notebook 00, section 4; used again in notebooks 01, 02 and 04.
+    """
+    if title:
+        print(title)
+    for number, caption in enumerate(captions, start=1):
+        print(f"  {number}. {caption}")
+    display(Audio(samples, rate=sample_rate))
+    if not figure:
+        return None
+    fig = plot_clip(samples, sample_rate, title=title)
+    plt.show()
+    return fig
+
+
+def plot_clip(samples: np.ndarray, sample_rate: int, title: str = "", features: np.ndarray | None = None) -> plt.Figure:
+    """Waveform above the baseline's log-mel (computed here unless ``features`` is given), on one time axis."""
+    features = log_mel(samples, sample_rate) if features is None else features
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True, layout="constrained")
+    plot_waveform(samples, sample_rate, title=title, ax=top)
+    top.set_xlabel("")
+    plot_log_mel(features, title="log-mel spectrogram (64 mel bands)", ax=bottom)
+    return fig
 
 
 # --- audio (notebooks 00-02) -------------------------------------------------------------
@@ -29,16 +75,21 @@ def plot_waveform(samples: np.ndarray, sample_rate: int, title: str = "", ax: pl
 
 
 def plot_log_mel(
-    log_mel: np.ndarray, hop_seconds: float = 0.020, title: str = "", ax: plt.Axes | None = None
+    log_mel: np.ndarray, hop_seconds: float = 0.020, title: str = "", ax: plt.Axes | None = None,
+    sample_rate: int = SAMPLE_RATE, fmin: float = 0.0, fmax: float | None = None, label: str = "ln(energy)",
 ) -> plt.Axes:
-    """A (T, n_mels) log-mel as an image: time across, mel bands up."""
+    """A (T, n_mels) log-mel as an image: time in seconds across, mel bands up, labelled in Hz (librosa's specshow).
+
+    ``sample_rate``, ``fmin`` and ``fmax`` say where the mel bands lie (the baseline's: 44.1 kHz, 0 Hz to
+    Nyquist; PANNs': 32 kHz, 50 to 14,000 Hz); ``label`` names the colour scale's unit.
+    """
     ax = _axes(ax, (8, 3))
-    duration = log_mel.shape[0] * hop_seconds
-    image = ax.imshow(
-        log_mel.T, origin="lower", aspect="auto", cmap="magma", extent=(0, duration, 0, log_mel.shape[1])
+    image = librosa.display.specshow(
+        np.asarray(log_mel).T, sr=sample_rate, hop_length=round(hop_seconds * sample_rate), x_axis="s", y_axis="mel",
+        fmin=fmin, fmax=sample_rate / 2 if fmax is None else fmax, cmap="magma", ax=ax,
     )
-    ax.set(xlabel="time (s)", ylabel="mel band", title=title)
-    plt.colorbar(image, ax=ax, label="log energy")
+    ax.set(xlabel="time (s)", ylabel="frequency (Hz, mel scale)", title=title)
+    plt.colorbar(image, ax=ax, label=label)
     return ax
 
 
@@ -130,4 +181,41 @@ def plot_similarity_heatmap(
     ax.set_yticks(centres, group_labels)
     ax.set(title=title)
     plt.colorbar(image, ax=ax, label="cosine similarity")
+    return ax
+
+
+# --- the course (README, notebook 00) -------------------------------------------------------------
+
+STAGE_NOTES = {  # what each stage of course_lib.pipeline writes, and the notebook that teaches it
+    "dataset": ("Clotho folder", "wavs and\ncaptions CSVs", "00"),
+    "captions": ("caption tables", "tid, fid, raw_text,\ntokens", "01"),
+    "features": ("log-mels", "(T, 64) a clip,\nin HDF5", "02"),
+    "embeddings": ("caption vectors", "Sentence-BERT,\nunit length", "04"),
+    "model": ("dual encoder", "CNN14 + projection,\nInfoNCE", "03, 05"),
+    "evaluation": ("metrics", "R@k, mAP@10", "06"),
+    "search": ("search widget", "text -> clips", "07"),
+}
+
+
+def plot_pipeline(stages: Sequence[str], after: Sequence[str] = (), ax: plt.Axes | None = None) -> plt.Axes:
+    """The course's stages as boxes joined by arrows, each with what it writes and the notebook teaching it.
+
+    Taught in notebook 00, section 3. Pass ``course_lib.pipeline.STAGES`` as ``stages``, so the picture follows
+    the code; ``after`` adds dashed boxes for steps that use the stages' output without being stages (evaluation, search).
+    """
+    names = list(stages) + list(after)
+    ax = _axes(ax, (2.05 * len(names), 2.0))
+    for x, name in enumerate(names):
+        dashed = x >= len(stages)
+        box = dict(boxstyle="round,pad=0.4", facecolor="white" if dashed else "#e8f0fb",
+                   edgecolor="tab:gray" if dashed else "tab:blue", linestyle="--" if dashed else "-", linewidth=1.4)
+        what, detail, notebook = STAGE_NOTES.get(name, (name, "", ""))
+        ax.text(x, 0.3, f"{name}\n{what}" if what != name else name, ha="center", va="center", fontsize=9.5,
+                fontweight="bold", bbox=box)
+        below = detail + (f"\nnotebook {notebook}" if notebook else "")
+        ax.text(x, -0.2, below, ha="center", va="top", fontsize=8, color="0.3")
+        if x:
+            ax.annotate("", xy=(x - 0.41, 0.3), xytext=(x - 0.59, 0.3), arrowprops=dict(arrowstyle="-|>", color="0.3"))
+    ax.set(xlim=(-0.55, len(names) - 0.45), ylim=(-1.0, 0.75))
+    ax.axis("off")
     return ax
