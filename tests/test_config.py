@@ -158,6 +158,8 @@ def load_changed(tmp_path, change) -> ConfigError:
      "training.fast.crop_frames is 10; it must be null (whole clips) or a whole number at least 64."),
     (lambda c: c["training"]["baseline"].update(pad_value=0.0),
      "training.baseline.pad_value is 0.0; it must be one of 'zero', 'silence'."),
+    (lambda c: c["training"]["fast"].update(select_by="map"),
+     "training.fast.select_by is 'map'; it must be one of 'val_loss', 'val_t2a_map10'."),
     (lambda c: c["profiles"]["synthetic"].update(training_recipe="fastest"),
      "profiles.synthetic.training_recipe is 'fastest'; it must be one of the training recipes: baseline, fast."),
     (lambda c: c.update(profiles=None), "profiles is null (empty), where a mapping of profiles"),
