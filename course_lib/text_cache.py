@@ -98,7 +98,9 @@ def read_cache_or_none(path: Path) -> EmbeddingCache | None:
 
 def write_cache(path: Path, cache: EmbeddingCache) -> None:
     """Write the cache atomically: under a temporary name, renamed into place only once complete."""
-    with atomic_path(path) as temporary, open(temporary, "wb") as handle:  # a handle, so numpy does not append ".npz"
+    needed = cache.vectors.nbytes + sum(len(str(text)) for text in cache.texts) * 4 + len(cache.tids) * 48
+    # A handle, so numpy does not append ".npz" to the temporary name.
+    with atomic_path(path, needed_bytes=needed) as temporary, open(temporary, "wb") as handle:
         np.savez(
             handle,
             tids=np.asarray(cache.tids, dtype=str),

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from course_lib.config import BASELINE_YAML, Config, ConfigError, read_yaml
+from course_lib.config import BASELINE_YAML, Config, ConfigError
 from course_lib.data import PAD_VALUES, Collate, SplitData, load_split, make_dataset
 from course_lib.files import atomic_path, write_json_atomically, write_text_atomically
 from course_lib.loss import infonce_loss
@@ -217,7 +217,7 @@ def plateau_reached(val_losses: list[float], rule: dict[str, Any]) -> bool:
 
 def recipe_settings(cfg: Config, recipe: str | None = None) -> tuple[str, dict[str, Any]]:
     """(name, settings) of a training recipe from baseline.yaml's ``training`` section; None: the profile's default."""
-    recipes = getattr(cfg, "training", None) or read_yaml(Path(os.environ.get("COURSE_CONFIG") or BASELINE_YAML)).get("training")
+    recipes = cfg.training
     if not recipes:
         raise ConfigError(f"No 'training' section with recipes in {BASELINE_YAML}; add one like the course's own baseline.yaml.")
     name = recipe or cfg.settings.get("training_recipe", "baseline")
