@@ -19,9 +19,7 @@ arbitrarily). Items are ranked by score, highest first; items with *equal* score
 the order they are given (the clip that comes first in ``clip_fids``, the caption that comes first
 in ``caption_fids``, ranks higher). It is the order of a stable sort on the negated scores, so the
 ranks of one query are a permutation of 1..n, ``top_k`` lists the same order, and a submission file
-scores exactly as the in-memory metrics. (``course_lib.train.t2a_map_at_10``, notebook 05's
-validation metric, counts ties in the caption's favour instead; with real-valued embeddings exact
-ties are rare, so the two agree in practice.)
+scores exactly as the in-memory metrics. Training's validation mAP@10 (notebook 05) uses these functions too.
 
 Splits with fewer than 10 clips work: a rank is then at most the number of clips (the baseline's
 ``measure()`` raised IndexError there).

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from course_lib import metrics
 from course_lib.config import BASELINE_YAML, Config, ConfigError
 from course_lib.data import PAD_VALUES, Collate, SplitData, load_split, make_dataset
 from course_lib.files import atomic_path, write_json_atomically, write_text_atomically
@@ -190,8 +191,8 @@ def validate(model: DualEncoder, loader: DataLoader, recipe: dict[str, Any], dev
         caption_clip += clip_ids.tolist()
     clips = sorted(clip_emb)
     audio = torch.stack([clip_emb[clip] for clip in clips])
-    row_of = {clip: row for row, clip in enumerate(clips)}
-    map10 = t2a_map_at_10(torch.cat(caption_emb), audio, torch.tensor([row_of[clip] for clip in caption_clip]))
+    scores = metrics.score_matrix(torch.cat(caption_emb).numpy(), audio.numpy())
+    map10 = metrics.text_to_audio(scores, caption_clip, clips).means["mAP@10"]
     return float(np.average(losses, weights=sizes)), map10
 
 
@@ -386,17 +387,7 @@ def autocast_dtype(device: torch.device, mixed_precision: bool = True) -> torch.
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-# --- the validation metric, and private helpers --------------------------------------------------
-
-
-def t2a_map_at_10(text_emb: torch.Tensor, audio_emb: torch.Tensor, target: torch.Tensor) -> float:
-    """Text-to-audio mAP@10, one relevant clip a caption (target: its row in audio_emb): mean of 1/rank if rank <= 10.
-
-    Taught in notebook 05 (notebook 06 teaches the full metrics). Ties count in the caption's favour.
-    """
-    scores = text_emb @ audio_emb.T
-    rank = (scores > scores[torch.arange(len(target)), target][:, None]).sum(dim=1) + 1
-    return float(torch.where(rank <= 10, 1.0 / rank, torch.zeros_like(rank, dtype=torch.float)).mean())
+# --- private helpers --------------------------------------------------
 
 
 def _loader_options(dataset, device: torch.device) -> dict[str, Any]:

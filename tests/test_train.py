@@ -36,7 +36,6 @@ from course_lib.train import (
     read_history,
     recipe_settings,
     run_identity,
-    t2a_map_at_10,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,14 +205,6 @@ def test_plateau_stop_needs_the_grace_period_and_a_flat_tail() -> None:
     assert plateau_reached(flat, rule)
     assert not plateau_reached(flat[:-1], rule)  # 59 results: still in the grace period
     assert not plateau_reached(flat[:-10] + [4.5, 4.49] * 5, rule)  # std 0.005
-
-
-def testt2a_map_at_10_by_hand() -> None:
-    audio = torch.eye(12)
-    text = torch.eye(12)[[0, 1, 2]]
-    text[1, 1], text[1, 5] = 0.5, 0.9  # caption 1's clip ranks second
-    text[2, 2] = -1.0  # caption 2's clip ranks last (12th): counts 0
-    assert t2a_map_at_10(text, audio, torch.tensor([0, 1, 2])) == pytest.approx((1 + 0.5 + 0) / 3)
 
 
 def test_device_and_precision_choice() -> None:
