@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: course test lab bench lint help
+.PHONY: course test lab bench lint help figures
 
 help:
 	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"
 	@echo "make test    lint, unit tests and every notebook under nbmake"
 	@echo "make lab     open JupyterLab on notebooks/"
 	@echo "make bench   run the benchmarks (tables printed, JSON saved in benchmarks/results/)"
+	@echo "make figures redraw the README's images in figures/ from the course's own code"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,9 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+figures: $(STAMP)
+	$(BIN)/python scripts/make_figures.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
