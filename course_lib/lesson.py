@@ -1,6 +1,6 @@
 """Show the library code a notebook teaches, highlighted, right where the lesson uses it.
 
-Taught in notebook 00, section 5. ``show_source(cnn14.CNN14Encoder.forward)`` displays the function's
+Taught in notebook 00, section 3. ``show_source(cnn14.CNN14Encoder.forward)`` displays the function's
 code with its file and line numbers, so a learner reads what a call does without leaving the notebook.
 """
 
@@ -36,7 +36,7 @@ class Source:
 def show_source(obj: Any) -> Source:
     """The source of a function, method, class or module from course_lib (or anywhere), with file and lines.
 
-    Taught in notebook 00, section 5. Put it last in a cell (or wrap it in ``display``) to see it.
+    Taught in notebook 00, section 3. Put it last in a cell (or wrap it in ``display``) to see it.
     """
     target = inspect.unwrap(obj.fget if isinstance(obj, property) else obj)
     try:

@@ -35,25 +35,23 @@ def _axes(ax: plt.Axes | None, figsize: tuple[float, float] = (8, 2.5)) -> plt.A
 
 def show_clip(
     samples: np.ndarray, sample_rate: int, captions: Iterable[str] = (), title: str = "", figure: bool = True
-) -> plt.Figure | None:
+) -> None:
     """Print the title and captions, show an audio player, then the waveform above the log-mel (Hz axis).
 
-    Taught in notebook 00, section 4; used again in notebooks 01, 02 and 04.
+    Taught in notebook 00, section 5; used again in notebooks 01, 02 and 04.
     """
     if title:
         print(title)
     for number, caption in enumerate(captions, start=1):
         print(f"  {number}. {caption}")
     display(Audio(samples, rate=sample_rate))
-    if not figure:
-        return None
-    fig = plot_clip(samples, sample_rate, title=title)
-    plt.show()
-    return fig
+    if figure:  # figure=False: the player alone, for lists of clips
+        plot_clip(samples, sample_rate, title=title)
+        plt.show()
 
 
 def plot_clip(samples: np.ndarray, sample_rate: int, title: str = "", features: np.ndarray | None = None) -> plt.Figure:
-    """Waveform above the baseline's log-mel (computed here unless ``features`` is given), on one time axis."""
+    """Waveform above the baseline's log-mel (computed unless ``features`` is given). Taught in notebook 00, section 5."""
     features = log_mel(samples, sample_rate) if features is None else features
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True, layout="constrained")
     plot_waveform(samples, sample_rate, title=title, ax=top)
@@ -66,7 +64,7 @@ def plot_clip(samples: np.ndarray, sample_rate: int, title: str = "", features: 
 
 
 def plot_waveform(samples: np.ndarray, sample_rate: int, title: str = "", ax: plt.Axes | None = None) -> plt.Axes:
-    """Amplitude against time in seconds."""
+    """Amplitude against time in seconds. Taught in notebook 00, section 4."""
     ax = _axes(ax)
     times = np.arange(len(samples)) / sample_rate
     ax.plot(times, samples, linewidth=0.5)
@@ -80,6 +78,7 @@ def plot_log_mel(
 ) -> plt.Axes:
     """A (T, n_mels) log-mel as an image: time in seconds across, mel bands up, labelled in Hz (librosa's specshow).
 
+    Taught in notebook 00, section 4 (and notebook 02, section 2).
     ``sample_rate``, ``fmin`` and ``fmax`` say where the mel bands lie (the baseline's: 44.1 kHz, 0 Hz to
     Nyquist; PANNs': 32 kHz, 50 to 14,000 Hz); ``label`` names the colour scale's unit.
     """
@@ -97,7 +96,7 @@ def plot_spectrogram(
     values: np.ndarray, hop_seconds: float = 0.020, max_hz: float | None = None, ylabel: str = "frequency (Hz)",
     label: str = "power", title: str = "", ax: plt.Axes | None = None,
 ) -> plt.Axes:
-    """A (T, bins) spectrogram as an image: time across, bins up (spanning 0..max_hz when given)."""
+    """A (T, bins) spectrogram as an image: time across, bins up (0..max_hz when given). Taught in notebook 02, section 2."""
     ax = _axes(ax, (8, 3))
     top = max_hz if max_hz is not None else values.shape[1]
     image = ax.imshow(values.T, origin="lower", aspect="auto", cmap="magma", extent=(0, values.shape[0] * hop_seconds, 0, top))
@@ -107,7 +106,7 @@ def plot_spectrogram(
 
 
 def plot_filter_bank(filter_bank: np.ndarray, sample_rate: int, title: str = "", ax: plt.Axes | None = None) -> plt.Axes:
-    """Each mel filter of an (n_mels, n_fft // 2 + 1) bank as a triangle over frequency in Hz."""
+    """Each mel filter of an (n_mels, n_fft // 2 + 1) bank as a triangle over Hz. Taught in notebook 02, section 2."""
     ax = _axes(ax, (8, 3))
     frequencies = np.linspace(0, sample_rate / 2, filter_bank.shape[1])
     ax.plot(frequencies, filter_bank.T, linewidth=0.8)
@@ -118,7 +117,7 @@ def plot_filter_bank(filter_bank: np.ndarray, sample_rate: int, title: str = "",
 def plot_histogram(
     values: np.ndarray, bins: int | np.ndarray = 30, xlabel: str = "", title: str = "", ax: plt.Axes | None = None
 ) -> plt.Axes:
-    """A plain histogram with labelled axes."""
+    """A plain histogram with labelled axes. Taught in notebook 01, section 2."""
     ax = _axes(ax, (6, 3))
     ax.hist(values, bins=bins, color="tab:blue", edgecolor="white")
     ax.set(xlabel=xlabel, ylabel="count", title=title)
@@ -126,7 +125,7 @@ def plot_histogram(
 
 
 def plot_bar(labels: list[str], values: list[float], xlabel: str = "", title: str = "", ax: plt.Axes | None = None) -> plt.Axes:
-    """Horizontal bars, largest on top (word counts, parameters per block, ...)."""
+    """Horizontal bars, largest on top (word counts, parameters per block, ...). Taught in notebook 01, section 5."""
     ax = _axes(ax, (6, max(2.5, 0.28 * len(labels))))
     positions = np.arange(len(labels))[::-1]
     ax.barh(positions, values, color="tab:blue")
@@ -141,7 +140,7 @@ def plot_bar(labels: list[str], values: list[float], xlabel: str = "", title: st
 def plot_time_steps(
     seconds: np.ndarray, steps: np.ndarray, min_seconds: float, title: str = "", ax: plt.Axes | None = None
 ) -> plt.Axes:
-    """Time steps left after the encoder's poolings against clip length, with the shortest usable clip marked."""
+    """Time steps left after the encoder's poolings against clip length. Taught in notebook 03, section 3."""
     ax = _axes(ax, (7, 3))
     ax.step(seconds, steps, where="post", color="tab:blue")
     ax.axvline(min_seconds, color="tab:red", linestyle="--", label=f"minimum clip ({min_seconds:.2f} s)")
@@ -156,7 +155,7 @@ def plot_time_steps(
 def plot_similarity_histograms(
     groups: dict[str, np.ndarray], bins: int = 40, xlabel: str = "cosine similarity", title: str = "", ax: plt.Axes | None = None
 ) -> plt.Axes:
-    """Overlaid density histograms on shared bins, one per named group (e.g. same clip vs other clips)."""
+    """Overlaid density histograms on shared bins, one per named group. Taught in notebook 04, section 4."""
     ax = _axes(ax, (7, 3))
     values = np.concatenate([np.ravel(group) for group in groups.values()])
     edges = np.linspace(values.min(), values.max(), bins + 1)
@@ -170,7 +169,7 @@ def plot_similarity_histograms(
 def plot_similarity_heatmap(
     similarity: np.ndarray, group_labels: list[str], group_size: int = 5, title: str = "", ax: plt.Axes | None = None
 ) -> plt.Axes:
-    """A square similarity matrix whose rows come in groups (e.g. 5 captions per clip), groups outlined."""
+    """A square similarity matrix whose rows come in groups (5 captions per clip), outlined. Taught in notebook 04, section 4."""
     ax = _axes(ax, (6, 5))
     image = ax.imshow(similarity, cmap="viridis", vmin=min(0.0, float(similarity.min())), vmax=1.0)
     for boundary in np.arange(group_size, len(similarity), group_size) - 0.5:
