@@ -167,6 +167,19 @@ def test_matches_a_per_query_implementation(n_clips, quantise):
         assert t2a.means[name] == pytest.approx(value), name
     for name, value in reference_a2t(scores, caption_fids, clip_fids).items():
         assert a2t.means[name] == pytest.approx(value), name
+    t2a_ranks = [[clip_fids[j] for j in reference_ranking(scores[i])].index(fid) + 1 for i, fid in enumerate(caption_fids)]
+    a2t_best = [[caption_fids[i] for i in reference_ranking(scores[:, j])].index(fid) + 1 for j, fid in enumerate(clip_fids)]
+    assert t2a.ranks.tolist() == t2a_ranks and a2t.ranks.tolist() == a2t_best
+
+
+def test_tiny_split_and_uneven_caption_counts():
+    rng = np.random.default_rng(11)
+    clip_fids = ["p", "q", "r"]
+    caption_fids = ["p", "q", "q", "r", "r", "r", "p"]  # 2, 2 and 3 captions: fewer than 10 candidates both ways
+    for scores in (rng.normal(size=(7, 3)), np.round(rng.normal(size=(7, 3)))):
+        t2a, a2t = text_to_audio(scores, caption_fids, clip_fids), audio_to_text(scores, caption_fids, clip_fids)
+        assert t2a.means == pytest.approx(reference_t2a(scores, caption_fids, clip_fids))
+        assert a2t.means == pytest.approx(reference_a2t(scores, caption_fids, clip_fids))
 
 
 def test_ranks_in_small_blocks_equal_one_block():
