@@ -168,7 +168,7 @@ def _parameters(seed: int, clips: int | dict[str, int] | None, min_seconds: floa
 
 def generate_dataset(out_dir: str | Path, seed: int = 0, clips: int | dict[str, int] | None = None,
                      min_seconds: float = 5.0, max_seconds: float = 8.0, splits: tuple[str, ...] | list[str] = SPLITS,
-                     workers: int | None = None, progress: bool = True) -> Path:
+                     workers: int | None = None, progress: bool = True, verbose: bool = True) -> Path:
     """Write a Clotho-format dataset to ``out_dir`` (replacing one it made before), atomically; return the folder.
 
     A folder the generator did not make (no ``.synth.json`` in it) is never replaced: NotOurFolderError.
@@ -179,13 +179,13 @@ def generate_dataset(out_dir: str | Path, seed: int = 0, clips: int | dict[str, 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with building(out_dir):  # another run generating the same folder: wait for it, then replace its result
         refuse_foreign_folder(out_dir)
-        return _generate(out_dir, params, workers, progress)
+        return _generate(out_dir, params, workers, progress, verbose)
 
 
-def _generate(out_dir: Path, params: dict, workers: int | None, progress: bool) -> Path:
+def _generate(out_dir: Path, params: dict, workers: int | None, progress: bool, verbose: bool) -> Path:
     started, total = time.perf_counter(), sum(params["clips"].values())
-    print(f"Generating {total} synthetic clips of {params['min_seconds']:g}-{params['max_seconds']:g} s "
-          f"(seed {params['seed']}) into {out_dir} ...")
+    say(verbose, f"Generating {total} synthetic clips of {params['min_seconds']:g}-{params['max_seconds']:g} s "
+              f"(seed {params['seed']}) into {out_dir} ...")
     plans = {split: plan_split(split, n, params["seed"], params["min_seconds"], params["max_seconds"])
              for split, n in params["clips"].items()}
     needed = sum(_wav_bytes(clips_of_split) for clips_of_split in plans.values()) + 100_000 * len(plans)  # + CSVs
@@ -221,7 +221,7 @@ def _generate(out_dir: Path, params: dict, workers: int | None, progress: bool) 
         shutil.rmtree(partial, ignore_errors=True)
         raise
     megabytes = sum(files.values()) / 1e6
-    print(f"Wrote {total} clips ({megabytes:.1f} MB) to {out_dir} in {time.perf_counter() - started:.1f} s.")
+    say(verbose, f"Wrote {total} clips ({megabytes:.1f} MB) to {out_dir} in {time.perf_counter() - started:.1f} s.")
     return out_dir
 
 
@@ -302,7 +302,7 @@ def ensure_generated(
             say(verbose, f"Reusing synthetic dataset at {out_dir} ({sum(params['clips'].values())} clips).")
             return out_dir
         say(verbose, f"The synthetic dataset at {out_dir} needs generating: {problem}.")
-        return generate_dataset(out_dir, workers=workers, **parameters)
+        return generate_dataset(out_dir, workers=workers, verbose=verbose, **parameters)
 
 
 def ensure_synthetic_dataset(cfg: Config, verbose: bool = True) -> Path:
