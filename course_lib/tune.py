@@ -1,0 +1,246 @@
+"""Hyperparameter search with Ray Tune: one training run of the course's trainer as a trial, many trials as a search.
+
+Taught in notebook 08. The words of a search:
+
+    trial         one training run with one set of values: here one call of ``train.train`` (notebook 05's loop)
+    search space  the values a search may try: fixed values, or a distribution to sample from (tune.loguniform ...)
+    scheduler     decides while trials run which ones continue: ASHA stops the worst half at every rung
+    stopper       a rule applied to each trial alone: the baseline's TrialPlateauStopper on the validation loss
+
+Each trial reports its epoch's history row (validation loss, mAP@10, ...) and hands Tune its run folder
+(``last.pt``, ``best.pt``, ``history.csv``) as a checkpoint. When an experiment is interrupted, or a
+trial fails, ``resume`` restores the folder from the last checkpoint and the trainer resumes after that
+epoch, as it does after a crash in notebook 05. The baseline drove training the same way through Ray
+1.x (``tune.checkpoint_dir``, removed in Ray 2); this is the Ray 2 function API.
+
+Ray is an optional extra (about 630 MB): ``pip install -e ".[tune]"`` or ``pip install "ray[tune]"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from course_lib import train
+from course_lib.config import Config
+
+INSTALL_HINT = ('Ray Tune is not installed. Install the course\'s optional extra: pip install -e ".[tune]" '
+                '(or pip install "ray[tune]"), then restart the kernel.')
+CLUSTER_HINT = (
+    "Check the address (the head node's IP and GCS port, 6379 by default) and that this machine has the same Ray version. "
+    "Since Ray 2.59 clusters require a token: copy the head node's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN, or "
+    "RAY_AUTH_TOKEN_PATH to a file holding it; `ray get-auth-token` on the head node prints it)."
+)
+TRIAL_KEYS = ("recipe", "max_epochs", "seed")  # every other key of a trial's config replaces a recipe value
+METRIC, MODE = "val_t2a_map10", "max"  # what ranks trials: losses at different temperatures cannot be compared
+
+
+def trial(config: dict[str, Any], cfg: Config) -> None:
+    """One Tune trial: ``train.train`` with this trial's values, reporting and checkpointing every epoch.
+
+    Taught in notebook 08. ``config`` holds "recipe" (baseline | fast), optionally "max_epochs" and "seed",
+    and any recipe value to change ("lr", "temperature", "batch_size", ...).
+    """
+    from ray import tune
+
+    # The trial's recipe: a course recipe with this trial's values in place of its own.
+    recipe, trial_cfg = trial_recipe(cfg, config)
+    # The run folder sits in the trial's folder; after an interruption Tune hands back the last one it saved.
+    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copytree(saved, run_dir)
+
+    # After every epoch: report the history row (the baseline's stop_metric is the validation loss), with the folder.
+    def report(row: dict[str, Any], model: Any) -> None:
+        tune.report({**row, "stop_metric": row["val_loss"]}, checkpoint=tune.Checkpoint.from_directory(run_dir))
+
+    # The course's own training loop: it resumes from the restored last.pt, or starts at epoch 0.
+    train.train(trial_cfg, recipe, seed=int(config.get("seed", 0)), run_dir=run_dir, max_epochs=config.get("max_epochs"),
+                callback=report, verbose=False)
+
+
+def trial_recipe(cfg: Config, config: dict[str, Any]) -> tuple[str, Config]:
+    """(recipe name, a Config whose recipe of that name holds the trial's values) for ``train.train``."""
+    name, settings = train.recipe_settings(cfg, config.get("recipe"))
+    changes = {key: value for key, value in config.items() if key not in TRIAL_KEYS}
+    unknown = sorted(set(changes) - set(settings))
+    if unknown:
+        raise ValueError(f"A trial's config has {unknown}, which recipe {name!r} does not have. "
+                         f"Use recipe values ({', '.join(settings)}) or {', '.join(TRIAL_KEYS)}.")
+    settings.update({key: _plain(value) for key, value in changes.items()})
+    return name, dataclasses.replace(cfg, training={**(cfg.training or {}), name: settings})
+
+
+def search_space(max_epochs: int = 4) -> dict[str, Any]:
+    """The notebook's search: learning rate, temperature, batch size and recipe, each trial at most max_epochs."""
+    from ray import tune
+
+    return {
+        "recipe": tune.choice(["baseline", "fast"]),
+        "lr": tune.loguniform(3e-4, 3e-3),
+        "temperature": tune.choice([0.05, 0.07, 0.1]),
+        "batch_size": tune.choice([16, 32]),
+        "max_epochs": max_epochs,
+    }
+
+
+def baseline_config() -> dict[str, Any]:
+    """The baseline's exact trial: its recipe unchanged (Adam 1e-3, batch 32, temperature 0.07, 80 epochs)."""
+    return {"recipe": "baseline"}
+
+
+def asha(max_epochs: int, grace_period: int = 1, reduction_factor: int = 2) -> Any:
+    """ASHA on the epoch count: at epochs grace, grace*rf, ... a trial continues only if it is in the best 1/rf."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor)
+
+
+def plateau_stopper(cfg: Config) -> Any:
+    """The baseline's stopper: TrialPlateauStopper with conf.yaml's values (std of the last 10 losses < 0.001, after 60)."""
+    from ray.tune.stopper import TrialPlateauStopper
+
+    return TrialPlateauStopper(**cfg.baseline["trial_stopper"])
+
+
+def make_tuner(
+    cfg: Config, param_space: dict[str, Any], num_samples: int = 1, scheduler: Any = None, stopper: Any = None,
+    storage_path: str | Path | None = None, name: str = "search", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+    trainable: Callable[..., None] | None = None,
+) -> Any:
+    """A Tuner that runs ``num_samples`` trials drawn from ``param_space``. Taught in notebook 08.
+
+    Results go to <storage_path>/<name> (default: the profile's models folder, tune/); the stopper defaults
+    to the baseline's plateau rule; each trial keeps only its newest checkpoint (it holds the whole run).
+    ``trainable``: a function to run instead of ``trial`` (one that wraps it, say).
+    """
+    from ray import tune
+
+    storage = Path(storage_path) if storage_path else cfg.models_dir / "tune"
+    storage.mkdir(parents=True, exist_ok=True)
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable or trial, cfg=cfg), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=num_samples, scheduler=scheduler),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage.resolve()), stop=stopper if stopper is not None else plateau_stopper(cfg),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
+        ),
+    )
+
+
+def resume(path: str | Path, cfg: Config, trainable: Callable[..., None] | None = None) -> Any:
+    """A Tuner that finishes an interrupted search (its folder): unfinished and failed trials go on from their last checkpoint.
+
+    Taught in notebook 08. ``trainable``: the function the search ran, when it was not ``trial``.
+    """
+    from ray import tune
+
+    return tune.Tuner.restore(str(path), tune.with_parameters(trainable or trial, cfg=cfg), resume_errored=True)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True, **init_args: Any) -> dict[str, float]:
+    """Start Ray on this machine (address None), or join a running cluster ("auto", "host:6379"); returns its resources.
+
+    Taught in notebook 08. ``quiet`` keeps the workers' logs out of the notebook (prints inside trials are hidden).
+    """
+    ray = _import_ray()
+    if quiet:
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 in make_tuner: no progress tables at all
+        init_args = {"log_to_driver": False, "logging_level": logging.ERROR, **init_args}
+    if not ray.is_initialized():
+        if address is None:  # a new local instance, never an unrelated cluster that happens to run here
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **init_args)
+        else:
+            try:
+                ray.init(address=address, **init_args)
+            except ConnectionError as exc:
+                raise ConnectionError(f"Cannot join the Ray cluster at {address!r}. {CLUSTER_HINT}") from exc
+    return ray.cluster_resources()
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (a local instance started by start_ray stops with it)."""
+    ray = _import_ray()
+    ray.shutdown()
+
+
+# --- reading the results -----------------------------------------------------------------------
+
+
+def results_table(results: Any) -> pd.DataFrame:
+    """One row a trial: its values, last epoch, best validation mAP@10 and loss, status; best first."""
+    rows = []
+    for result in results:
+        curve = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        config = {key: value for key, value in result.config.items() if key != "max_epochs"}
+        rows.append({
+            "trial": trial_id(result),
+            **config,
+            "epochs": int(curve["epoch"].max()) if "epoch" in curve else 0,
+            "best_val_map10": float(curve[METRIC].max()) if METRIC in curve else math.nan,
+            "best_val_loss": float(curve["val_loss"].min()) if "val_loss" in curve else math.nan,
+            "minutes": float(curve["time_total_s"].max()) / 60 if "time_total_s" in curve else math.nan,
+            "status": "error" if result.error else "ok",
+        })
+    return pd.DataFrame(rows).sort_values("best_val_map10", ascending=False, ignore_index=True)
+
+
+def curves(results: Any) -> dict[str, pd.DataFrame]:
+    """Each trial's reported rows (epoch, val_loss, val_t2a_map10, ...), by trial id."""
+    return {trial_id(result): result.metrics_dataframe for result in results if result.metrics_dataframe is not None}
+
+
+def plot_curves(results: Any, metric: str = METRIC, ax: Any = None) -> Any:
+    """The trials' learning curves: ``metric`` against the epoch, one line a trial, labelled with its values."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(8, 3.5))[1]
+    for result in results:
+        curve = result.metrics_dataframe
+        if curve is None or metric not in curve:
+            continue
+        label = ", ".join(f"{key} {_short(value)}" for key, value in result.config.items() if key != "max_epochs")
+        ax.plot(curve["epoch"], curve[metric], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} of each trial (a short line: stopped by the scheduler)")
+    ax.legend(fontsize=7, loc="best")
+    return ax
+
+
+def trial_id(result: Any) -> str:
+    """A trial's id, as Tune names it (experiment id _ trial number)."""
+    return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+
+
+# --- private helpers ---------------------------------------------------------------------------
+
+
+def _import_ray() -> Any:
+    """Ray, or an ImportError that says how to install it."""
+    try:
+        import ray
+        import ray.tune  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return ray
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars Tune samples, as Python numbers (a checkpoint's identity compares them)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _short(value: Any) -> str:
+    return f"{value:.2g}" if isinstance(value, float) else str(value)

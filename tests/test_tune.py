@@ -1,0 +1,231 @@
+"""course_lib.tune: the course's trainer as a Ray Tune trial, its reports, checkpoints, stopping and resuming, a real cluster.
+
+Everything runs on a tiny synthetic profile (4/3/2 clips of 1.5-2 s) with trials of 1-3 epochs. Ray is optional:
+the tests that need it are skipped without it (CI installs the ``tune`` extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from course_lib import pipeline
+from course_lib import tune as course_tune
+from course_lib.config import BASELINE_YAML, load_config
+from course_lib.train import recipe_settings
+
+REPO = Path(__file__).resolve().parents[1]
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[tune]"')
+
+
+def write_tiny_yaml(folder: Path) -> Path:
+    settings = yaml.safe_load(BASELINE_YAML.read_text(encoding="utf-8"))
+    clips = {"development": 4, "validation": 3, "evaluation": 2}
+    settings["profiles"]["synthetic"]["synth"] = {"seed": 0, "clips": clips, "min_seconds": 1.5, "max_seconds": 2.0}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return folder / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune")
+    cfg = load_config("synthetic", data_root=folder / "root", yaml_path=write_tiny_yaml(folder))
+    pipeline.prepare(cfg, until="embeddings", verbose=False)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    resources = course_tune.start_ray(num_cpus=2)
+    yield resources
+    course_tune.stop_ray()
+
+
+# --- without Ray ---------------------------------------------------------------------------------
+
+
+def test_without_ray_the_error_says_how_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when Ray is not installed
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[tune\]"'):
+        course_tune.start_ray()
+
+
+def test_a_trial_replaces_recipe_values_and_refuses_unknown_ones(tiny_cfg) -> None:
+    name, trial_cfg = course_tune.trial_recipe(tiny_cfg, {"recipe": "baseline", "lr": 3e-3, "temperature": 0.1, "seed": 2})
+    _, settings = recipe_settings(trial_cfg, name)
+    _, original = recipe_settings(tiny_cfg, "baseline")
+    assert name == "baseline" and settings == {**original, "lr": 3e-3, "temperature": 0.1}
+    assert recipe_settings(tiny_cfg, "baseline")[1]["lr"] == 1e-3  # the profile's own recipe is left alone
+    with pytest.raises(ValueError, match="learning_rate"):
+        course_tune.trial_recipe(tiny_cfg, {"recipe": "baseline", "learning_rate": 1e-3})
+
+
+def test_the_baseline_trial_is_the_baseline_recipe_unchanged(tiny_cfg) -> None:
+    name, trial_cfg = course_tune.trial_recipe(tiny_cfg, course_tune.baseline_config())
+    settings = recipe_settings(trial_cfg, name)[1]
+    assert name == "baseline" and settings == recipe_settings(tiny_cfg, "baseline")[1]
+    assert (settings["lr"], settings["batch_size"], settings["temperature"], settings["max_epochs"]) == (1e-3, 32, 0.07, 80)
+
+
+# --- with a local Ray ----------------------------------------------------------------------------
+
+
+@needs_ray
+def test_the_stopper_is_the_baseline_plateau_rule(tiny_cfg) -> None:
+    stopper = course_tune.plateau_stopper(tiny_cfg)
+    assert (stopper._metric, stopper._std, stopper._num_results, stopper._grace_period) == ("stop_metric", 0.001, 10, 60)
+
+
+@needs_ray
+def test_trials_report_every_epoch_checkpoint_their_run_and_stop_on_the_plateau_rule(tiny_cfg, local_ray, tmp_path) -> None:
+    """Two trials of at most 3 epochs; a plateau rule that fires after 2 results stops both after epoch 1."""
+    from ray import tune
+    from ray.tune.stopper import TrialPlateauStopper
+
+    space = {"recipe": "baseline", "lr": tune.grid_search([1e-3, 3e-3]), "batch_size": 4, "max_epochs": 3}
+    stopper = TrialPlateauStopper("stop_metric", std=1e9, num_results=2, grace_period=2)
+    results = course_tune.make_tuner(tiny_cfg, space, stopper=stopper, storage_path=tmp_path, name="two").fit()
+    assert len(results) == 2 and not results.errors
+    for result in results:
+        curve = result.metrics_dataframe
+        assert curve["epoch"].tolist() == [0, 1]  # stopped by Tune before the trainer's own max_epochs
+        assert (curve["stop_metric"] == curve["val_loss"]).all() and curve["val_t2a_map10"].between(0, 1).all()
+        with result.checkpoint.as_directory() as saved:  # the checkpoint is the trainer's run folder, as of epoch 1
+            last = torch.load(Path(saved) / "last.pt", map_location="cpu", weights_only=False)
+            assert (Path(saved) / "best.pt").is_file()
+        assert last["epoch"] == 1 and last["identity"]["settings"]["lr"] == result.config["lr"]
+        assert [row["val_loss"] for row in last["history"]] == pytest.approx(curve["val_loss"].tolist())
+    table = course_tune.results_table(results)
+    assert sorted(table["lr"]) == [1e-3, 3e-3] and (table["epochs"] == 1).all() and (table["status"] == "ok").all()
+    assert table["best_val_map10"].is_monotonic_decreasing
+
+
+def flaky_trial(config: dict, cfg) -> None:
+    """course_lib.tune.trial, made to crash at its third report the first time it runs (a marker file remembers)."""
+    from ray import tune
+
+    marker = Path(config["marker"])
+    config = {key: value for key, value in config.items() if key != "marker"}
+    original, reports = tune.report, []
+    if not marker.exists():
+        marker.touch()
+
+        def report(*args, **kwargs):
+            if len(reports) == 2:
+                raise RuntimeError("simulated crash in epoch 2")
+            reports.append(args)
+            original(*args, **kwargs)
+
+        tune.report = report
+    try:
+        course_tune.trial(config, cfg)
+    finally:
+        tune.report = original
+
+
+@needs_ray
+def test_a_failed_trial_resumes_from_its_last_checkpoint(tiny_cfg, local_ray, tmp_path) -> None:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    space = {"recipe": "baseline", "lr": 1e-3, "batch_size": 4, "max_epochs": 3, "marker": str(tmp_path / "crashed")}
+    first = course_tune.make_tuner(tiny_cfg, space, storage_path=tmp_path, name="flaky", trainable=flaky_trial).fit()
+    assert first.errors and "simulated crash" in str(first.errors[0])
+    assert first[0].metrics_dataframe["epoch"].tolist() == [0, 1]
+
+    results = course_tune.resume(tmp_path / "flaky", tiny_cfg, trainable=flaky_trial).fit()
+    assert not results.errors
+    curve = results[0].metrics_dataframe
+    assert curve["epoch"].tolist() == [0, 1, 2, 3]  # went on after epoch 1; a restart would have repeated 0 and 1
+    with results[0].checkpoint.as_directory() as saved:
+        history = pd.read_csv(Path(saved) / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    assert history["val_loss"].tolist() == pytest.approx(curve["val_loss"].tolist())
+
+
+# --- a real cluster on this machine --------------------------------------------------------------
+
+CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    from course_lib import tune as course_tune
+    from course_lib.config import load_config
+    from ray import tune
+    address, data_root, yaml_path, storage = sys.argv[1:5]
+    resources = course_tune.start_ray(address=address)
+    cfg = load_config("synthetic", data_root=data_root, yaml_path=yaml_path)
+    space = {"recipe": "baseline", "lr": tune.grid_search([1e-3, 2e-3]), "batch_size": 4, "max_epochs": 1}
+    results = course_tune.make_tuner(cfg, space, storage_path=storage, name="on-cluster").fit()
+    table = course_tune.results_table(results)
+    print(json.dumps({"cpus": resources.get("CPU"), "errors": len(results.errors), "epochs": table["epochs"].tolist(),
+                      "nodes": sorted({str(r.metrics.get("node_ip")) for r in results})}))
+    course_tune.stop_ray()
+    """
+)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """Stop the Ray processes of the cluster whose temporary folder is temp_dir, and their children.
+
+    `ray stop` would stop every Ray process on the machine; this stops only the cluster the test started.
+    """
+    import psutil
+
+    roots = [proc for proc in psutil.process_iter(["cmdline"]) if any(str(temp_dir) in arg for arg in proc.info["cmdline"] or [])]
+    procs = list({proc.pid: proc for root in roots for proc in [root, *root.children(recursive=True)]}.values())
+    for proc in procs:
+        proc.terminate()
+    for proc in psutil.wait_procs(procs, timeout=20)[1]:
+        proc.kill()
+
+
+@needs_ray
+def test_a_search_runs_on_a_cluster_started_with_ray_start(tiny_cfg, tmp_path) -> None:
+    """`ray start --head` on a free port with its own temporary folder and token; a client with the token runs 2 trials."""
+    temp_dir = Path(f"/tmp/ray-test-{secrets.token_hex(4)}")  # short: Ray's socket paths must stay under 107 characters
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_ADDRESS", None)
+    gcs, node_manager, object_manager, agent_grpc, agent_http, metrics, runtime_env = free_ports(7)
+    ray_bin = Path(sys.executable).parent / "ray"
+    start = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+             "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
+             "--dashboard-agent-grpc-port", str(agent_grpc), "--dashboard-agent-listen-port", str(agent_http),
+             "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
+             "--temp-dir", str(temp_dir), "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"]
+    try:
+        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        arguments = [f"127.0.0.1:{gcs}", str(tiny_cfg.data_root), str(tiny_cfg.data_root.parent / "tiny.yaml"), str(tmp_path)]
+        client = subprocess.run([sys.executable, "-c", CLIENT, *arguments], env=env, capture_output=True, text=True,
+                                timeout=400, cwd=REPO)
+        assert client.returncode == 0, client.stderr[-3000:]
+        report = json.loads(client.stdout.strip().splitlines()[-1])
+        assert report == {"cpus": 2.0, "errors": 0, "epochs": [1, 1], "nodes": report["nodes"]} and len(report["nodes"]) == 1
+    finally:
+        stop_cluster(temp_dir)
+        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
