@@ -178,7 +178,10 @@ def top_k(scores: np.ndarray, k: int = 10) -> np.ndarray:
     above = scores >= kth  # k items a row, more only when others tie with the k-th
     exact = np.count_nonzero(above, axis=1) == k
     best = np.empty((len(scores), k), dtype=np.int64)
-    best[exact] = np.nonzero(above[exact])[1].reshape(-1, k)  # their columns, in column order
+    if exact.all():  # the common case: no copy of the mask
+        best[:] = np.nonzero(above)[1].reshape(-1, k)  # their columns, in column order
+    else:
+        best[exact] = np.nonzero(above[exact])[1].reshape(-1, k)
     crowded = np.flatnonzero(~exact)  # a tie at the k-th place: the stable sort decides who is in
     if len(crowded):
         best[crowded] = np.argsort(-scores[crowded], axis=1, kind="stable")[:, :k]
