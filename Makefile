@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 help:
 	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"
-	@echo "make test    lint, unit tests and every notebook under nbmake"
+	@echo "make test    lint, unit tests, every notebook under nbmake, the widget tests under ipywidgets 7.7.1"
 	@echo "make lab     open JupyterLab on notebooks/"
 	@echo "make bench   run the benchmarks (tables printed, JSON saved in benchmarks/results/)"
 	@echo "make figures redraw the README's images in figures/ from the course's own code"
@@ -18,7 +18,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,tune]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
 	@touch $(STAMP)
 
@@ -28,6 +28,7 @@ course: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests --nbmake notebooks --nbmake-timeout=900
+	scripts/test_widgets_77.sh
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
