@@ -28,7 +28,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,20 @@ class ClipIndex:
 
     def captions_of(self, fid: str) -> list[str]:
         """The clip's own captions (raw text), in the CSV's order."""
-        return self.captions.loc[self.captions["fid"] == fid, "raw_text"].tolist()
+        return self._captions_by_fid.get(fid, [])
+
+    @cached_property
+    def _captions_by_fid(self) -> dict[str, list[str]]:
+        return {str(fid): group.tolist() for fid, group in self.captions.groupby("fid", sort=False)["raw_text"]}
+
+    def clips_described_by(self, query: str) -> list[str]:
+        """The fids of the clips that have ``query`` as one of their captions (compared as cleaned text)."""
+        return self._fids_by_text.get(clean_caption(query), [])
+
+    @cached_property
+    def _fids_by_text(self) -> dict[str, list[str]]:
+        groups = self.captions.groupby("text", sort=False)["fid"]
+        return {str(text): list(dict.fromkeys(group.tolist())) for text, group in groups}
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -175,7 +188,7 @@ class SearchEngine:
         scores = index.clip_vectors @ self.embed_query(query.strip())  # one matrix product: N cosines
         results = Results(query, split, clips=self._clip_hits(index, scores, top_k(scores, k)))
         # A query that is one of the split's captions: where does the clip it describes land?
-        owners = index.captions.loc[index.captions["text"] == clean_caption(query), "fid"].unique()
+        owners = index.clips_described_by(query)
         for fid in owners:
             row = int(np.flatnonzero(index.fids == fid)[0])
             results.marked_ranks[str(index.fnames[row])] = rank_of(scores, row)
