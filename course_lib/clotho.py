@@ -68,6 +68,8 @@ _LOOSE_HYPHENS = re.compile(r"(?<!\w)-|-(?!\w)")  # a hyphen not between two let
 def clean_caption(text: str) -> str:
     """Lower case (the pronoun "I" kept), punctuation removed except hyphens inside words, single spaces.
 
+    Taught in notebook 01, section 3.
+
     Apostrophes are dropped ("It's" -> "its"); other punctuation becomes a space, so "dog.The"
     splits into two words, and so does a hyphen that does not join two words ("a dog - barks").
     The baseline's cleaned captions also carry 8 rewrites done by hand (e.g. "beep, beep, beep"
@@ -78,13 +80,16 @@ def clean_caption(text: str) -> str:
 
 
 def stable_id(*parts: str | int) -> str:
-    """12 urlsafe base64 characters of the sha1 of the parts joined by '/'."""
+    """12 urlsafe base64 characters of the sha1 of the parts joined by '/'. Taught in notebook 01, section 4."""
     digest = hashlib.sha1("/".join(str(part) for part in parts).encode("utf-8")).digest()
     return base64.urlsafe_b64encode(digest[:9]).decode("ascii")
 
 
 def build_caption_table(dataset_dir: Path, split: str, progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """One row per caption, in the official CSV order, and {fid: {fname, duration}} of the split."""
+    """One row per caption, in the official CSV order, and {fid: {fname, duration}} of the split.
+
+    Taught in notebook 01, section 1.
+    """
     captions = read_captions(dataset_dir, split)
     audio_dir = Path(dataset_dir) / split
     fnames = wav_names_on_disk(audio_dir, list(captions["file_name"]))
@@ -104,7 +109,7 @@ def build_caption_table(dataset_dir: Path, split: str, progress: bool = True) ->
 def ensure_caption_tables(cfg: Config, progress: bool = True, verbose: bool = True) -> dict[str, pd.DataFrame]:
     """Write ``<split>_text.csv``, ``audio_info.json`` and ``vocab_info.json``, reusing valid tables.
 
-    Taught in notebook 01. Reads the Clotho-format folder ``cfg.dataset_dir``, which must exist:
+    Taught in notebook 01, section 1. Reads the Clotho-format folder ``cfg.dataset_dir``, which must exist:
     ``course_lib.pipeline.prepare(cfg, until="captions")`` builds it first when it is missing.
     """
     _require_dataset(cfg.dataset_dir, cfg.splits)
@@ -148,7 +153,10 @@ def table_path(cfg: Config, split: str) -> Path:
 
 
 def load_caption_table(cfg: Config, split: str) -> pd.DataFrame:
-    """A caption table as written by ensure_caption_tables, with tokens as lists."""
+    """A caption table as written by ensure_caption_tables, with tokens as lists.
+
+    Taught in notebook 02 (its opening cell, before section 1); notebook 01, section 1 writes the tables.
+    """
     path = table_path(cfg, split)
     if not path.is_file():
         raise ClothoError(f"{path} does not exist. Run course_lib.pipeline.prepare(cfg, until='captions') first.")
@@ -228,12 +236,18 @@ def _read_csv(path: Path, encoding: str, columns: list[str]) -> pd.DataFrame:
 
 
 def read_captions(dataset_dir: Path, split: str) -> pd.DataFrame:
-    """The official captions CSV of a split (UTF-8): file_name, caption_1 .. caption_5."""
+    """The official captions CSV of a split (UTF-8): file_name, caption_1 .. caption_5.
+
+    Taught in notebook 01, section 1 (first used in notebook 00, section 5).
+    """
     return _read_csv(Path(dataset_dir) / split_file_names(split)[1], "utf-8", CAPTION_COLUMNS)
 
 
 def read_metadata(dataset_dir: Path, split: str) -> pd.DataFrame:
-    """The metadata CSV of a split (keywords, Freesound id and link, licence), decoded from ISO-8859-1."""
+    """The metadata CSV of a split (keywords, Freesound id and link, licence), decoded from ISO-8859-1.
+
+    Taught in notebook 01, section 6.
+    """
     return _read_csv(Path(dataset_dir) / split_file_names(split)[2], "ISO-8859-1", ["file_name"])
 
 
@@ -391,7 +405,10 @@ def download_clotho(
     progress: bool = True,
     verbose: bool = True,
 ) -> Path:
-    """Fetch (md5-checked) and extract Clotho v2.1 splits into ``cfg.dataset_dir``; reuse complete splits."""
+    """Fetch (md5-checked) and extract Clotho v2.1 splits into ``cfg.dataset_dir``; reuse complete splits.
+
+    Taught in notebook 01, section 7.
+    """
     files = files or CLOTHO_FILES
     dataset_dir = cfg.dataset_dir
     dataset_dir.mkdir(parents=True, exist_ok=True)

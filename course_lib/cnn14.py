@@ -38,7 +38,10 @@ def init_weights(module: nn.Module) -> None:
 
 
 def conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
-    """One CNN14 block as 8 modules: (conv3x3 - BN - ReLU) x 2, 2x2 average pooling, dropout 0.2."""
+    """One CNN14 block as 8 modules: (conv3x3 - BN - ReLU) x 2, 2x2 average pooling, dropout 0.2.
+
+    Taught in notebook 03, section 2.
+    """
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -52,7 +55,10 @@ def conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
 
 
 class CNN14Encoder(nn.Module):
-    """Log-mels (B, T, 64) -> clip embeddings (B, out_dim); ``width`` scales every block's channels."""
+    """Log-mels (B, T, 64) -> clip embeddings (B, out_dim); ``width`` scales every block's channels.
+
+    Taught in notebook 03, section 2.
+    """
 
     def __init__(self, out_dim: int = 300, width: float = 1.0):
         super().__init__()
@@ -119,19 +125,28 @@ class CNN14Encoder(nn.Module):
 
 
 def encoder_from_config(cfg: Any) -> CNN14Encoder:
-    """The profile's encoder: width from cfg.settings['audio_encoder'], out_dim from the baseline."""
+    """The profile's encoder: width from cfg.settings['audio_encoder'], out_dim from the baseline.
+
+    Taught in notebook 03, section 4 (first used in section 3).
+    """
     out_dim = cfg.baseline["DualEncoderModel"]["audio_enc"]["out_dim"]
     return CNN14Encoder(out_dim=out_dim, width=cfg.settings["audio_encoder"]["width"])
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (weights and biases; BatchNorm running statistics are buffers, not counted)."""
+    """Number of parameters (weights and biases; BatchNorm running statistics are buffers, not counted).
+
+    Taught in notebook 03, section 2.
+    """
     return sum(p.numel() for p in module.parameters())
 
 
 @torch.no_grad()
 def describe_blocks(encoder: CNN14Encoder, frames: int | torch.Tensor = 751) -> list[dict[str, Any]]:
-    """Stage by stage: name, output shape and parameters, for one clip of ``frames`` frames (or a given batch)."""
+    """Stage by stage: name, output shape and parameters, for one clip of ``frames`` frames (or a given batch).
+
+    Taught in notebook 03, section 2.
+    """
     x = frames if isinstance(frames, torch.Tensor) else torch.full((1, frames, N_MELS), SILENCE_LOG_MEL)
     was_training = encoder.training
     encoder.eval()

@@ -28,7 +28,10 @@ SETUP_MARKER = "# Colab set-up"
 
 
 def setup_colab(use_drive: bool | None = None, drive_folder: str = DEFAULT_DRIVE_FOLDER) -> dict[str, str]:
-    """In Colab: put the data root on Drive when asked, make HDF5 work there, and report the device."""
+    """In Colab: put the data root on Drive when asked, make HDF5 work there, and report the device.
+
+    Taught in notebook 00 ("Running in Google Colab", before section 1).
+    """
     if use_drive is None:
         use_drive = os.environ.get("COURSE_USE_DRIVE", "").strip().lower() in ("1", "true", "yes")
     report = {"device": describe_device()}

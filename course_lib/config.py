@@ -105,7 +105,7 @@ def load_config(
     data_root: str | Path | None = None,
     yaml_path: str | Path | None = None,
 ) -> Config:
-    """Build the Config for a profile (default: ``COURSE_PROFILE`` or 'synthetic')."""
+    """Build the Config for a profile (default: ``COURSE_PROFILE`` or 'synthetic'). Taught in notebook 00, section 2."""
     profile = profile or os.environ.get("COURSE_PROFILE") or DEFAULT_PROFILE
     loaded = read_yaml(Path(yaml_path or os.environ.get("COURSE_CONFIG") or BASELINE_YAML))
     known = tuple(loaded["profiles"])
@@ -133,12 +133,12 @@ def check_writable(root: Path) -> None:
 
 
 def in_colab() -> bool:
-    """True when running inside Google Colab."""
+    """True when running inside Google Colab. Taught in notebook 00, section 1."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
 def resolve_device(preference: str = "auto") -> str:
-    """'cuda' when asked for or available under 'auto', else 'cpu'."""
+    """'cuda' when asked for or available under 'auto', else 'cpu'. Taught in notebook 00, section 1."""
     import torch
 
     if preference not in ("auto", "cpu", "cuda"):

@@ -106,7 +106,7 @@ class ClipDataset(CaptionDataset):
 
 
 def make_dataset(split: SplitData, sampling: str, preload: bool | None = None) -> CaptionDataset:
-    """The dataset for a sampling mode, "caption" (baseline) or "clip"."""
+    """The dataset for a sampling mode, "caption" (baseline) or "clip". Taught in notebook 05, section 2."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"Unknown sampling {sampling!r}. Choose one of: {', '.join(SAMPLINGS)}.")
     store = FeatureStore(split.h5_path, split.clip_fids, preload)
@@ -131,7 +131,10 @@ def pad_batch(clips: list[torch.Tensor], pad_value: float, length: int | None = 
 
 
 class Collate:
-    """Items -> (audio (B, T, 64), caption vectors (B, d), clip ids (B,)): whole clips padded, or random crops."""
+    """Items -> (audio (B, T, 64), caption vectors (B, d), clip ids (B,)): whole clips padded, or random crops.
+
+    Taught in notebook 05, section 2.
+    """
 
     def __init__(self, crop_frames: int | None = None, pad_value: float = 0.0):
         self.crop_frames, self.pad_value = crop_frames, float(pad_value)
@@ -147,7 +150,10 @@ class Collate:
 
 
 def load_split(cfg: Config, split: str) -> SplitData:
-    """A split's SplitData from the files the earlier stages wrote (caption table, HDF5 log-mels, embeddings)."""
+    """A split's SplitData from the files the earlier stages wrote (caption table, HDF5 log-mels, embeddings).
+
+    Taught in notebook 05, section 1.
+    """
     table = load_caption_table(cfg, split)
     tids, vectors = load_caption_embeddings(cfg)
     row_of = {str(tid): row for row, tid in enumerate(tids)}

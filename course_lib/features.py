@@ -50,7 +50,7 @@ class FeatureExtractionError(RuntimeError):
 
 @dataclass(frozen=True)
 class FeatureParams:
-    """The log-mel settings; window and hop are in seconds, converted with the sample rate."""
+    """The log-mel settings; window and hop are in seconds, converted with the sample rate. Taught in notebook 02, section 1."""
 
     sample_rate: int = SAMPLE_RATE
     window_seconds: float = 0.040
@@ -97,7 +97,7 @@ class FeatureParams:
 
 
 def frame_count(num_samples: int, hop_length: int) -> int:
-    """Frames of a centred STFT: one every hop, plus one (751 for 15 s at 44.1 kHz)."""
+    """Frames of a centred STFT: one every hop, plus one (751 for 15 s at 44.1 kHz). Taught in notebook 02, section 4."""
     return 1 + num_samples // hop_length
 
 
@@ -117,7 +117,7 @@ def resample(samples: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RA
 
 
 def mel_filter_bank(params: FeatureParams) -> np.ndarray:
-    """librosa's Slaney mel filter bank, (n_mels, n_fft // 2 + 1) float32."""
+    """librosa's Slaney mel filter bank, (n_mels, n_fft // 2 + 1) float32. Taught in notebook 02, section 2."""
     return librosa.filters.mel(
         sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels, fmin=0.0, fmax=params.fmax,
         htk=False, norm="slaney", dtype=np.float32,
@@ -125,7 +125,10 @@ def mel_filter_bank(params: FeatureParams) -> np.ndarray:
 
 
 def log_mel(samples: np.ndarray, sample_rate: int, params: FeatureParams | None = None) -> np.ndarray:
-    """The baseline's log-mel of a clip: (T, n_mels) float32, after downmix and resampling to params.sample_rate."""
+    """The baseline's log-mel of a clip: (T, n_mels) float32, after downmix and resampling to params.sample_rate.
+
+    Taught in notebook 02, section 2 (first used in notebook 00, section 4).
+    """
     params = params or FeatureParams()
     mono = resample(to_mono(samples), sample_rate, params.sample_rate)
     # One BLAS thread: the result no longer depends on the machine's thread count (summation order),
@@ -142,7 +145,10 @@ def log_mel(samples: np.ndarray, sample_rate: int, params: FeatureParams | None 
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read a sound file as mono float32 at sample_rate (soundfile reads it, as librosa.load does)."""
+    """Read a sound file as mono float32 at sample_rate (soundfile reads it, as librosa.load does).
+
+    Taught in notebook 02 (its opening cell, before section 1); first used in notebook 00, section 5.
+    """
     data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise ValueError("the file holds no audio samples")
@@ -150,7 +156,10 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 
 class TorchLogMel(torch.nn.Module):
-    """The same log-mel with torch.stft, for batches on a GPU: (N,) -> (T, n_mels), (B, N) -> (B, T, n_mels)."""
+    """The same log-mel with torch.stft, for batches on a GPU: (N,) -> (T, n_mels), (B, N) -> (B, T, n_mels).
+
+    Taught in notebook 02, section 8.
+    """
 
     def __init__(self, params: FeatureParams | None = None):
         super().__init__()
@@ -188,7 +197,10 @@ def skipped_path(cfg: Config, split: str) -> Path:
 
 
 def load_log_mel(h5_path: str | Path, fid: str) -> np.ndarray:
-    """One clip's (T, n_mels) log-mel from a split's HDF5 file, refused when its values cannot be a log-mel."""
+    """One clip's (T, n_mels) log-mel from a split's HDF5 file, refused when its values cannot be a log-mel.
+
+    Taught in notebook 02, section 7.
+    """
     with h5py.File(h5_path, "r") as h5:
         if fid not in h5:
             raise KeyError(f"No log-mel for fid {fid!r} in {h5_path}. {REBUILD_FEATURES}")
@@ -326,7 +338,7 @@ def read_skipped(cfg: Config, split: str) -> list[str]:
 def ensure_features(cfg: Config, workers: int | None = None, skip_bad: bool = False, verbose: bool = True) -> dict[str, Path]:
     """Build (or reuse when valid) {split}_audio_logmels.hdf5 for every split; returns {split: path}.
 
-    Taught in notebook 02. Reads the caption tables (``prepare(cfg, until="captions")`` writes them).
+    Taught in notebook 02, section 7. Reads the caption tables (``prepare(cfg, until="captions")`` writes them).
     workers: processes extracting features (None: one for a split under PARALLEL_FROM_CLIPS clips, else every core).
     """
     cfg.prepared_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,10 @@ TEMPERATURE = 0.07  # the baseline's conf.yaml: fixed, not learned
 
 
 def same_clip_mask(clip_ids: torch.Tensor) -> torch.Tensor:
-    """(B, B) bool, True where j is another item of i's clip: left out of i's softmax (the diagonal stays in)."""
+    """(B, B) bool, True where j is another item of i's clip: left out of i's softmax (the diagonal stays in).
+
+    Taught in notebook 05, section 2.
+    """
     same = clip_ids[:, None] == clip_ids[None, :]
     return same & ~torch.eye(len(clip_ids), dtype=torch.bool, device=clip_ids.device)
 
@@ -31,7 +34,10 @@ def same_clip_mask(clip_ids: torch.Tensor) -> torch.Tensor:
 def infonce_loss(
     audio_emb: torch.Tensor, text_emb: torch.Tensor, clip_ids: torch.Tensor, temperature: float = TEMPERATURE
 ) -> torch.Tensor:
-    """The baseline's symmetric InfoNCE for a batch of (B, D) unit embeddings; clip_ids (B,) marks shared clips."""
+    """The baseline's symmetric InfoNCE for a batch of (B, D) unit embeddings; clip_ids (B,) marks shared clips.
+
+    Taught in notebook 05, section 2.
+    """
     scores = text_emb.float() @ audio_emb.float().T / temperature  # scores[i, j] = s(text i, audio j) / tau
     scores = scores.masked_fill(same_clip_mask(clip_ids), float("-inf"))  # the mask is symmetric
     targets = torch.arange(len(clip_ids), device=scores.device)

@@ -43,7 +43,10 @@ class TextProjection(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    """CNN14 audio branch and caption projection, both ending in unit-length 300-d embeddings."""
+    """CNN14 audio branch and caption projection, both ending in unit-length 300-d embeddings.
+
+    Taught in notebook 05, section 1.
+    """
 
     def __init__(self, audio_enc: CNN14Encoder, text_dim: int, pad_value: float = 0.0):
         super().__init__()
@@ -65,7 +68,7 @@ class DualEncoder(nn.Module):
 def embed_clips(
     model: DualEncoder, h5_path: str | Path, fids: list[str] | np.ndarray, batch_size: int = 32, device: str = "cpu"
 ) -> np.ndarray:
-    """(N, 300) unit embeddings of whole clips, in the order of ``fids``. Taught in notebook 05.
+    """(N, 300) unit embeddings of whole clips, in the order of ``fids``. Taught in notebook 05, section 7.
 
     Clips are batched by length (one forward a batch, little padding), padded with the value the model was trained with.
     """
@@ -83,7 +86,7 @@ def embed_clips(
 
 @torch.no_grad()
 def embed_captions(model: DualEncoder, vectors: np.ndarray, batch_size: int = 4096, device: str = "cpu") -> np.ndarray:
-    """(M, 300) unit embeddings of caption vectors (M, d). Taught in notebook 05."""
+    """(M, 300) unit embeddings of caption vectors (M, d). Taught in notebook 05, section 7."""
     model.eval().to(device)
     vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
     parts = [model.text_branch(vectors[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(vectors), batch_size)]
@@ -91,7 +94,10 @@ def embed_captions(model: DualEncoder, vectors: np.ndarray, batch_size: int = 40
 
 
 def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu") -> DualEncoder:
-    """The trained DualEncoder (eval mode) from a checkpoint file, or the profile's best one for a Config."""
+    """The trained DualEncoder (eval mode) from a checkpoint file, or the profile's best one for a Config.
+
+    Taught in notebook 05, section 7.
+    """
     if isinstance(cfg_or_checkpoint_path, str | Path):
         path = Path(cfg_or_checkpoint_path)
     else:

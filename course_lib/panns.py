@@ -60,7 +60,7 @@ _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracke
 
 
 def panns_key_map() -> dict[str, str]:
-    """Our key -> PANNs key for the 79 tensors the baseline's transfer copies. Taught in notebook 03."""
+    """Our key -> PANNs key for the 79 tensors the baseline's transfer copies. Taught in notebook 03, section 5."""
     key_map = {f"bn0.{name}": f"bn0.{name}" for name in _BN_KEYS}
     for k in range(1, len(BLOCK_CHANNELS) + 1):
         first, ours, theirs = MODULES_PER_BLOCK * (k - 1), "cnn.{}.{}", f"conv_block{k}.{{}}.{{}}"
@@ -76,7 +76,7 @@ def transfer_panns(
 ) -> tuple[CNN14Encoder, TransferReport]:
     """A CNN14Encoder holding PANNs' bn0, conv blocks and fc1, with a random fc2, and a report of what moved.
 
-    Taught in notebook 03. Refuses a file that is not PANNs' Cnn14, or holds NaN or infinite weights.
+    Taught in notebook 03, section 5. Refuses a file that is not PANNs' Cnn14, or holds NaN or infinite weights.
     """
     checkpoint, source = read_checkpoint(checkpoint_path_or_state, trusted_md5=PANNS_MD5)
     panns = panns_state(checkpoint, source)
@@ -146,7 +146,7 @@ def panns_state(checkpoint: Any, source: str = "the checkpoint") -> dict[str, to
 def load_encoder_weights(encoder: CNN14Encoder, path_or_state: str | Path | Mapping | tuple) -> CNN14Encoder:
     """Load saved weights (e.g. ``audio_encoder.pth``, ``CNN14_300.pth``) strictly, with errors that say why not.
 
-    Taught in notebook 03. A folder, a file that is not a checkpoint, one that pickles Python objects
+    Taught in notebook 03, sections 5 and 7. A folder, a file that is not a checkpoint, one that pickles Python objects
     (unless it is the published PANNs file), other keys or shapes, NaN or infinite weights: each is refused.
     """
     checkpoint, source = read_checkpoint(path_or_state, trusted_md5=PANNS_MD5)
@@ -172,7 +172,7 @@ def load_encoder_weights(encoder: CNN14Encoder, path_or_state: str | Path | Mapp
 
 
 def save_transferred_encoder(encoder: CNN14Encoder, path: str | Path) -> Path:
-    """Write the encoder's bare state_dict (like the baseline's CNN14_300.pth) atomically."""
+    """Write the encoder's bare state_dict (like the baseline's CNN14_300.pth) atomically. Taught in notebook 03, section 5."""
     path = Path(path)
     remove_stale(path.parent, path.name)  # a killed earlier save may have left a 321 MB temporary
     with atomic_path(path) as temporary:
@@ -207,7 +207,7 @@ def ensure_pretrained_encoder(
 ) -> tuple[CNN14Encoder, str]:
     """The profile's encoder, with PANNs weights when the profile asks for them and they can be had; says which.
 
-    Taught in notebook 03.
+    Taught in notebook 03, section 5.
     """
     settings = cfg.settings["audio_encoder"]
     out_dim = cfg.baseline["DualEncoderModel"]["audio_enc"]["out_dim"]

@@ -53,7 +53,7 @@ SPLIT_ORDER = ("development", "validation", "evaluation")  # the order the basel
 def load_released_audio_encoder(path_or_state: str | Path | Mapping) -> CNN14Encoder:
     """The released ``audio_encoder.pth`` (a bare CNN14Encoder state_dict) as an encoder in eval mode.
 
-    Taught in notebook 06. The width and output size are read off the file's tensors.
+    Taught in notebook 06, section 6. The width and output size are read off the file's tensors.
     """
     checkpoint, source = read_checkpoint(path_or_state)
     state = encoder_state(checkpoint, source)
@@ -73,7 +73,7 @@ class ReleasedBaseline:
 def load_released_checkpoint(path_or_state: str | Path | Mapping | tuple) -> ReleasedBaseline:
     """A baseline training checkpoint ((model_state, optimizer_state), keys audio_enc.*, text_enc.*) as a DualEncoder.
 
-    Taught in notebook 06. The audio encoder and the caption projection ``text_enc.fc`` are loaded
+    Taught in notebook 06, section 6. The audio encoder and the caption projection ``text_enc.fc`` are loaded
     strictly; the frozen table ``text_enc.embedding.weight`` is returned beside the model (the course
     reads caption vectors from its own embeddings file instead); the optimiser state is not needed.
     """
@@ -93,7 +93,7 @@ def load_released_checkpoint(path_or_state: str | Path | Mapping | tuple) -> Rel
 def table_rows(tables: Mapping[str, pd.DataFrame], split: str) -> np.ndarray:
     """Rows of the released caption table holding ``split``'s captions, in the split table's order.
 
-    Taught in notebook 06. The baseline numbered captions 1, 2, ... through the development,
+    Taught in notebook 06, section 6. The baseline numbered captions 1, 2, ... through the development,
     validation and evaluation CSVs in that order (row 0 is padding), whatever their ids.
     """
     missing = [name for name in SPLIT_ORDER if name not in tables]
@@ -109,7 +109,7 @@ def evaluate_released(
 ) -> dict[str, Any]:
     """Text-to-audio and audio-to-text metrics of the released baseline on a split of the profile's data.
 
-    Taught in notebook 06. ``text_source="course"`` embeds captions with the profile's Sentence-BERT
+    Taught in notebook 06, section 6. ``text_source="course"`` embeds captions with the profile's Sentence-BERT
     (all-mpnet-base-v2 on the clotho profile) and projects them with the released ``text_enc.fc``;
     ``"table"`` uses the vectors stored in the checkpoint (real Clotho v2.1 only). Needs the
     profile's log-mels and caption tables (``course_lib.pipeline.prepare(cfg, until="embeddings")``).
@@ -142,13 +142,19 @@ def evaluate_released(
 
 
 def released_paths(cfg: Config) -> dict[str, Path]:
-    """Where the course looks for the released files: <downloads>/dcase2023_task6b_baseline/{audio_encoder.pth, checkpoint}."""
+    """Where the course looks for the released files: <downloads>/dcase2023_task6b_baseline/{audio_encoder.pth, checkpoint}.
+
+    Taught in notebook 06, section 6.
+    """
     folder = Path(cfg.downloads_dir) / RELEASED_FOLDER
     return {"folder": folder, "audio_encoder": folder / ENCODER_FILENAME, "checkpoint": folder / "checkpoint"}
 
 
 def how_to_get_released_files(cfg: Config) -> str:
-    """Plain instructions for providing the released files by hand (offline, or because no checksum is known)."""
+    """Plain instructions for providing the released files by hand (offline, or because no checksum is known).
+
+    Taught in notebook 06, section 6.
+    """
     paths = released_paths(cfg)
     return (
         f"The DCASE 2023 Task 6B baseline's weights are on Zenodo, record 7752975 ({ZENODO_RECORD}).\n"
@@ -166,7 +172,10 @@ def how_to_get_released_files(cfg: Config) -> str:
 def random_released_checkpoint(
     width: float = 0.125, text_dim: int = TEXT_DIM, captions: int = 30, out_dim: int = 300, seed: int = 0
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A stand-in in the baseline's checkpoint layout ((model_state, optimizer_state)) from random tensors: tests, demos."""
+    """A stand-in in the baseline's checkpoint layout ((model_state, optimizer_state)) from random tensors: tests, demos.
+
+    Taught in notebook 06, section 6.
+    """
     torch.manual_seed(seed)
     model = DualEncoder(CNN14Encoder(out_dim=out_dim, width=width), text_dim)
     state = {key: value.clone() for key, value in model.state_dict().items()}

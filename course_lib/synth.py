@@ -308,7 +308,7 @@ def ensure_generated(
 def ensure_synthetic_dataset(cfg: Config, verbose: bool = True) -> Path:
     """Generate ``cfg.dataset_dir`` from ``cfg.settings['synth']`` unless it is already complete.
 
-    Taught in notebook 00; ``course_lib.pipeline`` calls it for the synthetic profile's dataset stage.
+    Taught in notebook 00, section 4; ``course_lib.pipeline`` calls it for the synthetic profile's dataset stage.
     """
     settings = cfg.settings.get("synth")
     if settings is None:

@@ -1,6 +1,6 @@
 """Captions of synthetic scenes: five true, varied descriptions per clip, like Clotho's.
 
-Taught in notebook 00. A caption names every event of a scene in time order, joined by words that
+Taught in notebook 00, section 4. A caption names every event of a scene in time order, joined by words that
 are true of the timing ("then" for events one after another, "while" for events that overlap), and
 mentions a random few of each event's attributes with varied wording, sometimes the background.
 """

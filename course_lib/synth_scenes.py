@@ -1,6 +1,6 @@
 """The sounds of the synthetic dataset: an event catalogue, scenes of 1-3 events, and their audio.
 
-Taught in notebook 00. Every event type is synthesised with numpy/scipy and has attributes the
+Taught in notebook 00, section 4. Every event type is synthesised with numpy/scipy and has attributes the
 captions mention (high or low pitch, loud or quiet, once or fast or slow repetitions, getting
 louder or fading, at the start, in the middle, at the end or throughout). The attributes really
 change the audio, so a caption is a true description of its clip. ``course_lib.synth_captions``
@@ -39,7 +39,10 @@ class EventType:
 
 @dataclass(frozen=True)
 class Event:
-    """One occurrence of an event type in a scene, with the attributes its captions may mention."""
+    """One occurrence of an event type in a scene, with the attributes its captions may mention.
+
+    Taught in notebook 00, section 4.
+    """
 
     name: str
     position: str  # start, middle, end or throughout
@@ -102,7 +105,10 @@ EVENT_TYPES = {e.name: e for e in [
 
 
 def event_catalogue() -> list[dict[str, str]]:
-    """The event types with their attributes and words, one dict a type (a table in notebook 00)."""
+    """The event types with their attributes and words, one dict a type (a table in notebook 00).
+
+    Taught in notebook 00, section 4.
+    """
     rows = []
     for event in EVENT_TYPES.values():
         attributes = ["pitch (high/low)"] if event.pitches_hz else []
@@ -232,7 +238,7 @@ def _level_ramp(dynamics: str, n: int) -> np.ndarray:
 
 
 def render_event(event: Event, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """The event alone in a clip of ``n_samples`` (float32, peak = its loudness gain)."""
+    """The event alone in a clip of ``n_samples`` (float32, peak = its loudness gain). Taught in notebook 00, section 4."""
     kind = EVENT_TYPES[event.name]
     freq = kind.pitches_hz[event.pitch] * rng.uniform(0.95, 1.05) if kind.pitches_hz else 0.0
     start, end = (int(fraction * n_samples) for fraction in SEGMENTS[event.position])

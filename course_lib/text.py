@@ -59,7 +59,7 @@ __all__ = [
 def encode_captions(model: SentenceTransformer, texts: list[str], batch_size: int = 128, progress: bool = True) -> np.ndarray:
     """(N, d) float32 unit-length embeddings of the texts, in their order.
 
-    Taught in notebook 04, section 3.
+    Taught in notebook 04, section 2.
     """
     if not texts:
         return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
@@ -76,7 +76,7 @@ def ensure_caption_embeddings(
 ) -> Path:
     """Embed every caption's raw_text with the profile's text_model (``model``, if already loaded); reuse a valid cache.
 
-    Taught in notebook 04. Reads the caption tables (``prepare(cfg, until="captions")`` writes them).
+    Taught in notebook 04, section 3. Reads the caption tables (``prepare(cfg, until="captions")`` writes them).
     """
     tables = {split: load_caption_table(cfg, split) for split in cfg.splits}
     tids = [tid for split in cfg.splits for tid in tables[split]["tid"]]
@@ -89,7 +89,10 @@ def ensure_caption_embeddings(
 
 
 def load_caption_embeddings(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(tids, (N, d) float32 matrix) of every caption, read from the file ensure_caption_embeddings wrote."""
+    """(tids, (N, d) float32 matrix) of every caption, read from the file ensure_caption_embeddings wrote.
+
+    Taught in notebook 04, section 3.
+    """
     path = caption_embeddings_path(cfg)
     try:
         cache = read_cache(path)

@@ -1,6 +1,6 @@
 """The caption-embedding cache: one .npz file of unit-length vectors keyed by caption id.
 
-Taught in notebook 04 (section 5). ``course_lib.text`` computes the vectors and decides when the
+Taught in notebook 04, section 6. ``course_lib.text`` computes the vectors and decides when the
 file is reused, extended or rebuilt; this module holds the file's format, reading and writing, and
 the fingerprint that says which model built it:
 

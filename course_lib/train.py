@@ -217,7 +217,10 @@ def plateau_reached(val_losses: list[float], rule: dict[str, Any]) -> bool:
 
 
 def recipe_settings(cfg: Config, recipe: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(name, settings) of a training recipe from baseline.yaml's ``training`` section; None: the profile's default."""
+    """(name, settings) of a training recipe from baseline.yaml's ``training`` section; None: the profile's default.
+
+    Taught in notebook 05, section 5.
+    """
     recipes = cfg.training
     if not recipes:
         raise ConfigError(f"No 'training' section with recipes in {BASELINE_YAML}; add one like the course's own baseline.yaml.")
@@ -244,7 +247,10 @@ def train(
     cfg: Config, recipe: str | None = None, seed: int = 0, run_dir: str | Path | None = None, max_epochs: int | None = None,
     callback: Callable[[dict[str, Any], DualEncoder], None] | None = None, verbose: bool = True,
 ) -> Path:
-    """Train (or resume) the profile's dual encoder with a recipe; returns the best checkpoint. Taught in notebook 05."""
+    """Train (or resume) the profile's dual encoder with a recipe; returns the best checkpoint.
+
+    Taught in notebook 05, section 6.
+    """
     name, settings = recipe_settings(cfg, recipe)
     if max_epochs is not None:
         settings["max_epochs"] = int(max_epochs)
@@ -330,7 +336,7 @@ def write_history(history: list[dict[str, Any]], run_dir: Path) -> None:
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """A run's history as a DataFrame (one row an epoch)."""
+    """A run's history as a DataFrame (one row an epoch). Taught in notebook 05, section 6."""
     return pd.read_csv(Path(run_dir) / "history.csv")
 
 
@@ -340,6 +346,7 @@ def best_epoch(history: list[dict[str, Any]], recipe: dict[str, Any]) -> int:
 
 
 def format_row(row: dict[str, Any]) -> str:
+    """One history row as the line ``train`` prints an epoch. Taught in notebook 05, section 6."""
     return (f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
             f"val t2a mAP@10 {row['val_t2a_map10']:.3f}  lr {row['lr']:.0e}  {row['epoch_s']:.1f} s")
 
@@ -370,7 +377,10 @@ def set_rng_states(states: dict[str, Any], loader_rng: torch.Generator) -> None:
 
 
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
-    """'auto': CUDA, else Apple MPS, else CPU; or the device asked for."""
+    """'auto': CUDA, else Apple MPS, else CPU; or the device asked for.
+
+    Taught in notebook 05 (its opening cell, before section 1).
+    """
     if str(preference) != "auto":
         return torch.device(preference)
     if torch.cuda.is_available():

@@ -44,14 +44,14 @@ PROMPT_TEMPLATES = {
 
 
 def event_prompts(template: str = "caption-like") -> dict[str, str]:
-    """One prompt per event type, written with a template of ``PROMPT_TEMPLATES``. Taught in notebook 06."""
+    """One prompt per event type, written with a template of ``PROMPT_TEMPLATES``. Taught in notebook 06, section 7."""
     if template not in PROMPT_TEMPLATES:
         raise ValueError(f"Unknown prompt template {template!r}; choose from {', '.join(PROMPT_TEMPLATES)}.")
     return {name: PROMPT_TEMPLATES[template](event) for name, event in EVENT_TYPES.items()}
 
 
 def clip_events(dataset_dir: str | Path, split: str) -> dict[str, set[str]]:
-    """file name -> the event types in that clip, for a synthetic dataset folder. Taught in notebook 06."""
+    """file name -> the event types in that clip, for a synthetic dataset folder. Taught in notebook 06, section 7."""
     marker = Path(dataset_dir) / MARKER
     if not marker.is_file():
         raise FileNotFoundError(f"{dataset_dir} has no {MARKER}: event labels exist only for the synthetic dataset "
@@ -64,7 +64,7 @@ def clip_events(dataset_dir: str | Path, split: str) -> dict[str, set[str]]:
 
 
 def label_matrix(events_per_clip: Sequence[set[str]], names: Sequence[str] = EVENT_NAMES) -> np.ndarray:
-    """(clips, event types) boolean matrix: True where the clip holds the event."""
+    """(clips, event types) boolean matrix: True where the clip holds the event. Taught in notebook 06, section 7."""
     return np.array([[name in events for name in names] for events in events_per_clip], dtype=bool)
 
 
@@ -81,7 +81,7 @@ def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
 def zero_shot_report(scores: np.ndarray, labels: np.ndarray, names: Sequence[str] = EVENT_NAMES) -> dict[str, float]:
     """Top-1 accuracy and mAP over events of (clips, event types) scores, each beside its chance level.
 
-    Taught in notebook 06. Events no clip holds are left out of the mAP (their AP is undefined).
+    Taught in notebook 06, section 7. Events no clip holds are left out of the mAP (their AP is undefined).
     """
     scores, labels = np.asarray(scores), np.asarray(labels, dtype=bool)
     if scores.shape != labels.shape or scores.shape[1] != len(names):
@@ -100,7 +100,10 @@ def zero_shot_report(scores: np.ndarray, labels: np.ndarray, names: Sequence[str
 
 
 def confusion(scores: np.ndarray, labels: np.ndarray, names: Sequence[str] = EVENT_NAMES) -> pd.DataFrame:
-    """Counts: row = an event the clip holds, column = the clip's top prediction (a clip counts once per event it holds)."""
+    """Counts: row = an event the clip holds, column = the clip's top prediction (a clip counts once per event it holds).
+
+    Taught in notebook 06, section 7.
+    """
     top = np.asarray(scores).argmax(axis=1)
     counts = np.zeros((len(names), len(names)), dtype=int)
     for clip_labels, predicted in zip(np.asarray(labels, dtype=bool), top, strict=True):
