@@ -119,7 +119,10 @@ def made_for(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def random_panns_checkpoint(width: float = 1.0, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """A stand-in in PANNs' exact layout ({'model': 84 tensors}) filled with random numbers: for tests and demos."""
+    """A stand-in in PANNs' exact layout ({'model': 84 tensors}) filled with random numbers: for tests and demos.
+
+    Taught in notebook 03, section 5.
+    """
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape: int) -> torch.Tensor:

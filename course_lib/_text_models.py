@@ -118,7 +118,10 @@ def resolve_text_model(name_or_path: str | Path) -> str:
 
 
 def load_text_model(name_or_path: str | Path, device: str = "cpu") -> SentenceTransformer:
-    """A SentenceTransformer loaded from local files only (resolving and downloading first if needed)."""
+    """A SentenceTransformer loaded from local files only (resolving and downloading first if needed).
+
+    Taught in notebook 04, section 1.
+    """
     folder = resolve_text_model(name_or_path)
     from sentence_transformers import SentenceTransformer
 
@@ -142,11 +145,11 @@ def loaded_from(model: SentenceTransformer) -> str:
 
 
 def embedding_dimension(model: SentenceTransformer) -> int:
-    """The model's output size, read from the model (384 for MiniLM, 768 for mpnet)."""
+    """The model's output size, read from the model (384 for MiniLM, 768 for mpnet). Taught in notebook 04, section 1."""
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return int(getter())
 
 
 def has_normalize_module(model: SentenceTransformer) -> bool:
-    """True when the model's last step already scales outputs to unit length."""
+    """True when the model's last step already scales outputs to unit length. Taught in notebook 04, section 1."""
     return any(type(module).__name__ == "Normalize" for module in model)

@@ -37,7 +37,8 @@ def fake_colab(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", google.colab)
     monkeypatch.setattr(colab, "DRIVE_MOUNT", tmp_path / "content" / "drive")
     for name in ("COURSE_DATA_DIR", "HDF5_USE_FILE_LOCKING", "COURSE_USE_DRIVE"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what setup_colab sets is undone after the test
+        monkeypatch.delenv(name)
     return mounted
 
 
@@ -67,7 +68,8 @@ def test_the_locking_setting_lets_a_second_process_open_a_file_being_written(tmp
     """What HDF5_USE_FILE_LOCKING=FALSE changes: without POSIX locks (Drive), a reader no longer trips on the writer's lock."""
     path = tmp_path / "features.hdf5"
     holds_it_open = f"import h5py, time\nh5 = h5py.File({str(path)!r}, 'w')\nh5['x'] = [1]\nh5.flush()\nprint('open', flush=True)"
-    writer = subprocess.Popen([sys.executable, "-c", holds_it_open + "\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, "-c", holds_it_open + "\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "HDF5_USE_FILE_LOCKING": "TRUE"})
     try:
         assert writer.stdout.readline().strip() == "open"
         reader = f"import h5py\nh5py.File({str(path)!r}, 'r').close()"

@@ -29,8 +29,6 @@ HEADING = re.compile(r"^##\s+(.+)$", re.MULTILINE)
 OWNED_ELSEWHERE = {
     "search.py": "course_lib/search.py is being edited by the notebook 07 work",
     "tune.py": "course_lib/tune.py is being edited by the notebook 08 work",
-    "_panns_weights.py": "defined in the private course_lib/_panns_weights.py (re-exported by course_lib.panns)",
-    "_text_models.py": "defined in the private course_lib/_text_models.py (re-exported by course_lib.text)",
 }
 
 
