@@ -13,8 +13,8 @@ re-planned from the parameters in the dataset's ``.synth.json``). A clip holds 1
 * a confusion matrix: each clip adds one count in the row of every event it holds, in the column of
   its top prediction.
 
-Prompt wording matters (``PROMPT_TEMPLATES``): a caption-like sentence sits where the model learnt
-captions to be; a bare keyword does not.
+Prompt wording can matter (``PROMPT_TEMPLATES``): the model learnt from caption-like sentences, and
+the notebook compares them with "the sound of ...", the bare event name and keywords.
 """
 
 from __future__ import annotations
