@@ -201,7 +201,9 @@ def write_submission(path: str | Path, captions: Sequence[str], scores: np.ndarr
 
     Taught in notebook 06, section 5. ``captions`` must be the *original* caption text (the table's ``raw_text``):
     the ground truth is keyed by it, and the cleaned ``text`` the baseline wrote would not be found.
-    A caption that appears twice is written once (the official script keys rows by caption).
+    ``clip_fnames`` must be the names the ground-truth CSV uses (``clotho.read_captions(...)["file_name"]``), which
+    can differ from the names on disk. A caption that appears twice is written once (the official script keys rows
+    by caption).
     """
     scores = _scores(scores, captions, clip_fnames, rows_name="captions", columns_name="clip_fnames")
     best = top_k(scores, k)
