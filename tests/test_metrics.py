@@ -310,3 +310,19 @@ def test_ground_truth_needs_clotho_columns(tmp_path):
         metrics.read_ground_truth(bad)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         score_submission(tmp_path / "none.csv", tmp_path / "missing_gt.csv")
+
+
+def test_round_trip_on_a_generated_dataset(tmp_path):
+    """The course's own caption table and the generator's ground-truth CSV: file scores equal in-memory scores."""
+    from course_lib.clotho import build_caption_table, read_captions
+    from course_lib.synth import generate_dataset
+
+    folder = generate_dataset(tmp_path / "Clotho", seed=2, clips={"development": 1, "validation": 1, "evaluation": 12},
+                              min_seconds=1.0, max_seconds=1.2, workers=1, progress=False)
+    table, _ = build_caption_table(folder, "evaluation", progress=False)
+    clip_fids = list(pd.unique(table["fid"]))
+    scores = np.random.default_rng(2).normal(size=(len(table), len(clip_fids)))
+    names = read_captions(folder, "evaluation")["file_name"].tolist()
+    path = write_submission(tmp_path / "submission.csv", list(table["raw_text"]), scores, names)
+    from_file = score_submission(path, folder / "clotho_captions_evaluation.csv")
+    assert from_file.means == pytest.approx(text_to_audio(scores, list(table["fid"]), clip_fids).means)
