@@ -162,6 +162,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         init_args = {"log_to_driver": False, "logging_level": logging.ERROR, **init_args}
     if not ray.is_initialized():
         if address is None:  # a new local instance, never an unrelated cluster that happens to run here
+            _loopback_only(ray)
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **init_args)
         else:
             try:
@@ -235,6 +236,16 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
     return ray
+
+
+def _loopback_only(ray: Any) -> None:
+    """Make a local Ray instance talk over 127.0.0.1 only: by default its processes use the machine's network address.
+
+    Ray reads this switch (meant for macOS and Windows, where Ray keeps to the loopback) at import time: the
+    environment variable reaches the processes ray.init starts, the constant this already imported module.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _plain(value: Any) -> Any:
