@@ -502,7 +502,7 @@ class SearchWidget:
     def on_more_like_clip(self, fid: str | None = None) -> Results | None:
         """The nearest clips and captions of the picked clip (or ``fid``)."""
         fid = fid or self.clip.value
-        if fid is None:
+        if not fid:
             return self._show(Results("", self.split.value, message="Pick a clip first."))
         return self._run(("clip", fid, self.split.value, self.k.value), True,
                          lambda: self.engine.more_like_clip(fid, self.split.value, self.k.value))
@@ -539,17 +539,17 @@ class SearchWidget:
 
     def _on_split(self, change: Any) -> None:
         self.clip.options = self._clip_options()
-        self.clip.value = None
+        self.clip.value = ""
         self._rerun()
 
-    def _clip_options(self) -> list[tuple[str, str | None]]:
+    def _clip_options(self) -> list[tuple[str, str]]:
         try:
             index = self.engine.index(self.split.value)
         except Exception:  # an index that cannot be built shows its error on the first search instead
             index = None
         if index is None:
-            return [("(pick a clip)", None)]
-        return [("(pick a clip)", None)] + sorted(zip(index.fnames.tolist(), index.fids.tolist(), strict=True))
+            return [("(pick a clip)", "")]
+        return [("(pick a clip)", "")] + sorted(zip(index.fnames.tolist(), index.fids.tolist(), strict=True))
 
     def _show(self, results: Results) -> Results:
         w = self._w
@@ -574,7 +574,8 @@ class SearchWidget:
         mark = " <b style='color:#1a7f37'>&larr; the clip of this caption</b>" if hit.marked else ""
         captions = "".join(f"<li>{_html(caption)}</li>" for caption in hit.captions)
         text = w.HTML(f"<b>{hit.rank}.</b> <code>{hit.score:+.3f}</code> {_html(hit.fname)}{mark}"
-                      f"<ul style='margin:2px 0 0 0;font-size:90%'>{captions}</ul>", layout=w.Layout(width="470px"))
+                      f"<ul style='margin:2px 0 0 0;font-size:90%;line-height:1.3'>{captions}</ul>",
+                      layout=w.Layout(width="470px"))
         parts = [text]
         audio = preview_of(self.engine, split, hit.fname)
         parts.append(self._player(audio) if audio is not None else w.HTML("<i>no audio file</i>"))

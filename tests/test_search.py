@@ -282,6 +282,8 @@ def test_widget_bad_queries_show_a_message_and_no_rows(engine: SearchEngine, que
 
 def test_widget_split_selector_and_more_like_this(engine: SearchEngine) -> None:
     widget = SearchWidget(engine, split="evaluation")
+    widget.more_button.click()
+    assert "Pick a clip first" in widget.message.value and widget.rows.children == ()
     widget.split.value = "validation"
     fids = set(engine.index("validation").fids)
     assert {value for _, value in widget.clip.options if value} == fids

@@ -121,7 +121,7 @@ def test_the_search_widget_runs_in_jupyterlab_in_chromium(lab) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page = browser.new_page(viewport={"width": 1500, "height": 1500})
             page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?reset&token={token}")
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=120_000)
             page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
