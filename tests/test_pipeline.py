@@ -76,3 +76,17 @@ def test_no_stage_module_imports_another_stage_lazily(module):
 def test_no_stage_module_calls_the_pipeline(module):
     source = (COURSE_LIB / f"{module}.py").read_text(encoding="utf-8")
     assert "import pipeline" not in source and "from course_lib.pipeline" not in source
+
+
+def test_a_profile_narrowed_to_one_split_builds_only_that_split(tmp_path):
+    """The evaluation-only path (released weights on Clotho): nothing of the training splits is built."""
+    settings = yaml.safe_load(BASELINE_YAML.read_text())
+    settings["profiles"]["synthetic"]["synth"] = {"seed": 0, "clips": 2, "min_seconds": 1.5, "max_seconds": 2.0}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(settings))
+    cfg = load_config("synthetic", data_root=tmp_path / "root", yaml_path=tmp_path / "tiny.yaml", splits=["evaluation"])
+    done = pipeline.prepare(cfg, until="embeddings", verbose=False)
+    assert list(done.features) == ["evaluation"] and list(done.tables) == ["evaluation"]
+    assert sorted(path.name for path in cfg.prepared_dir.glob("*.hdf5")) == ["evaluation_audio_logmels.hdf5"]
+    assert not (cfg.dataset_dir / "development").exists()
+    with pytest.raises(ConfigError, match=r"splits=\['evaluation', 'test'\]"):
+        load_config("synthetic", data_root=tmp_path / "root", splits=["evaluation", "test"])
