@@ -25,6 +25,7 @@ from torch import nn
 
 from course_lib.cnn14 import CNN14Encoder
 from course_lib.config import Config
+from course_lib.features import REBUILD_FEATURES, check_log_mel
 
 OUT_DIM = 300  # the baseline's shared embedding size
 
@@ -52,7 +53,7 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.audio_enc = audio_enc
         self.text_enc = TextProjection(text_dim, audio_enc.out_dim)
-        self.pad_value = float(pad_value)  # how clips of a batch were padded in training; embed_clips does the same
+        self.pad_value = float(pad_value)  # how training padded its batches (kept with the checkpoint)
 
     def audio_branch(self, log_mels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.audio_enc(log_mels), p=2, dim=-1)
@@ -70,17 +71,21 @@ def embed_clips(
 ) -> np.ndarray:
     """(N, 300) unit embeddings of whole clips, in the order of ``fids``. Taught in notebook 05, section 7.
 
-    Clips are batched by length (one forward a batch, little padding), padded with the value the model was trained with.
+    Each clip is embedded whole and unpadded, as the baseline's scoring script did: padding would change
+    a clip's embedding (it enters bn0 and the pooling). Only clips of equal length share a forward pass.
     """
     model.eval().to(device)
     with h5py.File(h5_path, "r") as h5:
         clips = [_read_clip(h5, str(fid), h5_path) for fid in fids]
-    order = np.argsort([len(clip) for clip in clips], kind="stable")
     out = np.zeros((len(clips), model.audio_enc.out_dim), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = _pad([torch.from_numpy(clips[row]) for row in rows], model.pad_value).to(device)
-        out[rows] = model.audio_branch(batch).float().cpu().numpy()
+    by_length: dict[int, list[int]] = {}
+    for row, clip in enumerate(clips):
+        by_length.setdefault(len(clip), []).append(row)
+    for rows in by_length.values():
+        for start in range(0, len(rows), batch_size):
+            batch_rows = rows[start : start + batch_size]
+            batch = torch.from_numpy(np.stack([clips[row] for row in batch_rows])).to(device)
+            out[batch_rows] = model.audio_branch(batch).float().cpu().numpy()
     return out
 
 
@@ -131,10 +136,5 @@ def model_from_identity(identity: dict[str, Any]) -> DualEncoder:
 
 def _read_clip(h5: h5py.File, fid: str, h5_path: str | Path) -> np.ndarray:
     if fid not in h5:
-        raise KeyError(f"No log-mel for fid {fid!r} in {h5_path}. Rebuild it with course_lib.features.ensure_features(cfg).")
-    return np.asarray(h5[fid][()], dtype=np.float32)
-
-
-def _pad(clips: list[torch.Tensor], value: float) -> torch.Tensor:
-    """(B, T_max, 64): clips right-padded to the longest with ``value``."""
-    return nn.utils.rnn.pad_sequence(clips, batch_first=True, padding_value=value)
+        raise KeyError(f"No log-mel for fid {fid!r} in {h5_path}. {REBUILD_FEATURES}")
+    return check_log_mel(np.asarray(h5[fid][()], dtype=np.float32), fid, h5_path)
