@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from course_lib.config import OUT_DIM
+
 N_MELS = 64
 BLOCK_CHANNELS = (64, 128, 256, 512, 1024, 2048)
 MODULES_PER_BLOCK = 8  # conv, BN, ReLU, conv, BN, ReLU, AvgPool2d(2), Dropout(0.2)
@@ -60,7 +62,7 @@ class CNN14Encoder(nn.Module):
     Taught in notebook 03, section 2.
     """
 
-    def __init__(self, out_dim: int = 300, width: float = 1.0):
+    def __init__(self, out_dim: int = OUT_DIM, width: float = 1.0):
         super().__init__()
         if not width > 0 or int(out_dim) < 1:
             raise ValueError(f"CNN14Encoder needs width > 0 and out_dim >= 1; got width={width}, out_dim={out_dim}.")

@@ -25,6 +25,10 @@ import yaml
 PROFILES = ("synthetic", "clotho")
 DEFAULT_PROFILE = "synthetic"
 SPLITS = ("development", "validation", "evaluation")
+# The baseline's fixed sizes, one constant each (course_lib/baseline.yaml holds the tunable settings).
+SAMPLE_RATE = 44_100  # Clotho's rate: every clip is brought to it before its log-mel
+HOP_SECONDS = 0.020  # one log-mel frame every 20 ms
+OUT_DIM = 300  # the shared embedding size of clips and captions
 BASELINE_YAML = Path(__file__).with_name("baseline.yaml")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

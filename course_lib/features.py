@@ -30,10 +30,9 @@ from tqdm.auto import tqdm
 from course_lib._pool import default_workers, map_in_processes
 from course_lib._report import say
 from course_lib.clotho import load_caption_table
-from course_lib.config import Config
+from course_lib.config import HOP_SECONDS, SAMPLE_RATE, Config
 from course_lib.files import atomic_path, building, remove_stale, write_json_atomically
 
-SAMPLE_RATE = 44_100  # Clotho's rate; every clip is brought to it before framing
 RESAMPLE_TYPE = "soxr_hq"  # librosa's default resampler since 0.10, named so it cannot drift
 BLAS = ThreadpoolController()  # to run the mel matrix product on one BLAS thread (see log_mel)
 # ensure_features' default: one process below this many clips in a split, every core from it on. On 2 cores,
@@ -54,7 +53,7 @@ class FeatureParams:
 
     sample_rate: int = SAMPLE_RATE
     window_seconds: float = 0.040
-    hop_seconds: float = 0.020
+    hop_seconds: float = HOP_SECONDS
     n_mels: int = 64
     log_offset: float = float(np.spacing(1))  # machine epsilon, about 2.22e-16
 

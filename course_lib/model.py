@@ -24,10 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.cnn14 import CNN14Encoder
-from course_lib.config import Config
+from course_lib.config import OUT_DIM, Config
 from course_lib.features import REBUILD_FEATURES, check_log_mel
-
-OUT_DIM = 300  # the baseline's shared embedding size
 
 
 class TextProjection(nn.Module):

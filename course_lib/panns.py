@@ -36,7 +36,7 @@ from course_lib._panns_weights import (
     width_of,
 )
 from course_lib.cnn14 import BLOCK_CHANNELS, MODULES_PER_BLOCK, CNN14Encoder, encoder_from_config
-from course_lib.config import Config
+from course_lib.config import OUT_DIM, Config
 from course_lib.download import DownloadError, fetch, file_md5, host_reachable
 from course_lib.files import atomic_path, remove_stale
 
@@ -72,7 +72,7 @@ def panns_key_map() -> dict[str, str]:
 
 
 def transfer_panns(
-    checkpoint_path_or_state: str | Path | Mapping, out_dim: int = 300, width: float = 1.0
+    checkpoint_path_or_state: str | Path | Mapping, out_dim: int = OUT_DIM, width: float = 1.0
 ) -> tuple[CNN14Encoder, TransferReport]:
     """A CNN14Encoder holding PANNs' bn0, conv blocks and fc1, with a random fc2, and a report of what moved.
 

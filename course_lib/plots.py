@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Audio, display
 
-from course_lib.features import SAMPLE_RATE, log_mel
+from course_lib.config import HOP_SECONDS, SAMPLE_RATE
+from course_lib.features import log_mel
 
 __all__ = [
     "STAGE_NOTES", "plot_bar", "plot_clip", "plot_filter_bank", "plot_histogram", "plot_log_mel", "plot_pipeline",
@@ -73,7 +74,7 @@ def plot_waveform(samples: np.ndarray, sample_rate: int, title: str = "", ax: pl
 
 
 def plot_log_mel(
-    log_mel: np.ndarray, hop_seconds: float = 0.020, title: str = "", ax: plt.Axes | None = None,
+    log_mel: np.ndarray, hop_seconds: float = HOP_SECONDS, title: str = "", ax: plt.Axes | None = None,
     sample_rate: int = SAMPLE_RATE, fmin: float = 0.0, fmax: float | None = None, label: str = "ln(energy)",
 ) -> plt.Axes:
     """A (T, n_mels) log-mel as an image: time in seconds across, mel bands up, labelled in Hz (librosa's specshow).
@@ -93,7 +94,7 @@ def plot_log_mel(
 
 
 def plot_spectrogram(
-    values: np.ndarray, hop_seconds: float = 0.020, max_hz: float | None = None, ylabel: str = "frequency (Hz)",
+    values: np.ndarray, hop_seconds: float = HOP_SECONDS, max_hz: float | None = None, ylabel: str = "frequency (Hz)",
     label: str = "power", title: str = "", ax: plt.Axes | None = None,
 ) -> plt.Axes:
     """A (T, bins) spectrogram as an image: time across, bins up (0..max_hz when given). Taught in notebook 02, section 2."""

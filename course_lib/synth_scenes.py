@@ -15,7 +15,8 @@ from functools import cache
 import numpy as np
 from scipy import signal
 
-SAMPLE_RATE = 44100
+from course_lib.config import SAMPLE_RATE
+
 LOUDNESS_GAIN = {"loud": 0.6, "quiet": 0.15}  # peak amplitude of an event: quiet is 12 dB below loud
 SEGMENTS = {"start": (0.03, 0.32), "middle": (0.36, 0.64), "end": (0.68, 0.97), "throughout": (0.0, 1.0)}
 HIT_INTERVAL_SECONDS = {"fast": (0.12, 0.2), "slow": (0.45, 0.65)}
