@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from course_lib._report import say
 from course_lib.config import SPLITS, Config
 from course_lib.download import fetch
-from course_lib.files import atomic_path, building, write_json_atomically
+from course_lib.files import atomic_path, building, replace_folder, write_json_atomically
 
 ZENODO_URL = "https://zenodo.org/record/4783391/files"
 CAPTIONS_PER_CLIP = 5
@@ -377,8 +377,7 @@ def extract_split(archive: Path, dataset_dir: Path, split: str, progress: bool =
         if len(folders) != 1:
             raise ClothoError(f"{archive} should hold one folder of wav files, not {len(folders)}. {REDOWNLOAD_ADVICE}")
         wav_names_on_disk(next(iter(folders)), list(read_captions(dataset_dir, split)["file_name"]), REDOWNLOAD_ADVICE)
-        shutil.rmtree(destination, ignore_errors=True)
-        os.replace(next(iter(folders)), destination)
+        replace_folder(next(iter(folders)), destination)
     except ClothoError:
         raise
     except OSError as exc:  # the disk or the folder, not the archive

@@ -62,6 +62,22 @@ def write_json_atomically(path: str | Path, data: Any) -> Path:
     return write_text_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def replace_folder(new: str | Path, target: str | Path) -> Path:
+    """Put the finished folder ``new`` at ``target``, renames only: readers see the old folder or the new, never half.
+
+    The one way the course puts a whole folder in place (a generated dataset, an extracted Clotho split).
+    """
+    new, target = Path(new), Path(target)
+    if target.exists():
+        old = temporary_path(target, kind="old")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
+    return target
+
+
 # --- two runs on one data root: a lock per artifact ------------------------------------------------
 
 

@@ -43,6 +43,7 @@ from course_lib.files import (
     is_disk_full,
     owner_is_gone,
     remove_stale,
+    replace_folder,
     temporary_path,
 )
 from course_lib.synth_captions import describe_scene, pick
@@ -205,7 +206,7 @@ def _generate(out_dir: Path, params: dict, workers: int | None, progress: bool, 
                 bar.update()
         files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in sorted(partial.rglob("*")) if p.is_file()}
         (partial / MARKER).write_text(json.dumps({"parameters": params, "files": files}, indent=1), encoding="utf-8")
-        _replace_folder(partial, out_dir)
+        replace_folder(partial, out_dir)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if is_disk_full(exc) and not isinstance(exc, DiskFullError):
@@ -254,17 +255,6 @@ def _remove_leftovers(out_dir: Path) -> None:
         kind, _, pid = leftover.name.rpartition("-")
         if kind.endswith((".partial", ".old")) and pid.isdigit() and owner_is_gone(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put ``new`` at ``target``: renames only, so readers never see a half-written dataset."""
-    if target.exists():
-        old = temporary_path(target, kind="old")
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old)
-    else:
-        new.rename(target)
 
 
 def check_dataset(out_dir: str | Path, params: dict) -> str | None:

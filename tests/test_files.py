@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from course_lib import files
 from course_lib.files import (
     HOST,
     DiskFullError,
@@ -167,3 +168,18 @@ def test_check_free_space_before_a_big_write(tmp_path):
     check_free_space(tmp_path, 1, "a tiny file")
     with pytest.raises(DiskFullError, match=r"Not enough disk space for a huge dataset in .* needs about .* are free"):
         check_free_space(tmp_path, 10**18, "a huge dataset")
+
+
+def test_replace_folder_swaps_a_finished_folder_in_with_renames_only(tmp_path):
+    target, new = tmp_path / "Clotho", tmp_path / ".Clotho.new"
+    target.mkdir()
+    (target / "old.wav").write_bytes(b"old")
+    new.mkdir()
+    (new / "new.wav").write_bytes(b"new")
+    assert files.replace_folder(new, target) == target
+    assert [path.name for path in target.iterdir()] == ["new.wav"] and not new.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["Clotho"], "the old folder is removed, nothing is left"
+    other = tmp_path / ".other"
+    other.mkdir()
+    files.replace_folder(other, tmp_path / "fresh")
+    assert (tmp_path / "fresh").is_dir()
