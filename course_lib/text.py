@@ -156,17 +156,8 @@ def ensure_embeddings(
         return _ensure_embeddings(path, tids, texts, model_name, device, batch_size, progress, model, verbose)
 
 
-def _ensure_embeddings(
-    path: Path,
-    tids: list[str],
-    texts: list[str],
-    model_name: str | Path,
-    device: str = "auto",
-    batch_size: int = 128,
-    progress: bool = True,
-    model: SentenceTransformer | None = None,
-    verbose: bool = True,
-) -> Path:
+def _ensure_embeddings(path: Path, tids: list[str], texts: list[str], model_name: str | Path, device: str, batch_size: int,
+                       progress: bool, model: SentenceTransformer | None, verbose: bool) -> Path:
     tids, texts = [str(tid) for tid in tids], [str(text) for text in texts]
     if not tids or len(set(tids)) != len(tids) or len(tids) != len(texts):
         raise ValueError("Pass at least one caption, unique tids and as many texts as tids.")
