@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from course_lib import metrics
+from course_lib._report import say
 from course_lib.config import BASELINE_YAML, Config, ConfigError
 from course_lib.data import PAD_VALUES, Collate, SplitData, load_split, make_dataset
 from course_lib.files import atomic_path, write_json_atomically, write_text_atomically
@@ -110,9 +111,9 @@ def fit(
         history, best_score = checkpoint["history"], checkpoint["best_score"]
         start_epoch = checkpoint["epoch"] + 1
         if checkpoint["finished"] or start_epoch > recipe["max_epochs"]:
-            _say(verbose, f"{run_dir}: training already finished after epoch {checkpoint['epoch']}; nothing to do.")
+            say(verbose, f"{run_dir}: training already finished after epoch {checkpoint['epoch']}; nothing to do.")
             return run_dir / "best.pt"
-        _say(verbose, f"{run_dir}: resuming after epoch {checkpoint['epoch']}.")
+        say(verbose, f"{run_dir}: resuming after epoch {checkpoint['epoch']}.")
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     for epoch in range(start_epoch, recipe["max_epochs"] + 1):
         epoch_start = time.perf_counter()
@@ -142,7 +143,7 @@ def fit(
             "rng": rng_states(loader_rng), "identity": identity, "fingerprint": fingerprint(identity), "finished": finished,
         }, run_dir / "last.pt")
         write_history(history, run_dir)
-        _say(verbose, format_row(history[-1]))
+        say(verbose, format_row(history[-1]))
         if callback is not None:
             callback(history[-1], model)
         if finished:
@@ -284,7 +285,7 @@ def ensure_trained(cfg: Config, recipe: str | None = None, verbose: bool = True)
                                last["identity"]["text_dim"], cfg.settings["audio_encoder"]["pretrained"],
                                load_split(cfg, "development"))
         if not differences(last["identity"], current):
-            _say(verbose, f"Reusing the trained model {run_dir / 'best.pt'} (epoch {best_epoch(last['history'], settings)}).")
+            say(verbose, f"Reusing the trained model {run_dir / 'best.pt'} (epoch {best_epoch(last['history'], settings)}).")
             return run_dir / "best.pt"
     return train(cfg, name, verbose=verbose)
 
@@ -414,8 +415,3 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _say(verbose: bool, message: str) -> None:
-    if verbose:
-        print(message)
