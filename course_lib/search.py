@@ -91,7 +91,7 @@ class ClipIndex:
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores, best first: argpartition finds them in O(N), then only k are sorted.
 
-    Taught in notebook 07.
+    Taught in notebook 07, section 1.
     """
     k = max(0, min(int(k), len(scores)))
     if k == 0:
@@ -132,7 +132,7 @@ class Results:
 
 
 class SearchEngine:
-    """A trained dual encoder, its Sentence-BERT model and one index a split. Taught in notebook 07."""
+    """A trained dual encoder, its Sentence-BERT model and one index a split. Taught in notebook 07 (its opening cells)."""
 
     def __init__(self, model: DualEncoder, text_model: Any, indexes: dict[str, ClipIndex] | Callable[[str], ClipIndex],
                  splits: list[str] | None = None, audio_dirs: dict[str, Path] | None = None,
@@ -393,7 +393,7 @@ def preview_of(engine: SearchEngine, split: str, fname: str) -> bytes | None:
 def show_results(engine: SearchEngine, results: Results, players: bool = True) -> None:
     """Print a query's results as rows (with IPython.display.Audio players): for front ends without widgets.
 
-    Taught in notebook 07.
+    Taught in notebook 07, section 4.
     """
     from IPython.display import Audio, display
 
@@ -416,7 +416,7 @@ def show_results(engine: SearchEngine, results: Results, players: bool = True) -
 
 
 def search_and_show(engine: SearchEngine, query: str, split: str = "evaluation", k: int = 5, players: bool = True) -> Results:
-    """Search and print the rows in one call (the plain-function twin of the widget). Taught in notebook 07."""
+    """Search and print the rows in one call (the plain-function twin of the widget). Taught in notebook 07, section 3."""
     results = engine.search(query, split, k)
     show_results(engine, results, players)
     return results
@@ -454,7 +454,7 @@ def uploaded_files(value: Any) -> list[tuple[str, bytes]]:
 class SearchWidget:
     """The search UI: a query box (Enter or Search), top k, split; clip picker and upload for sounds.
 
-    Taught in notebook 07. Works with ipywidgets 7.7 (Colab) and 8.x. Display it as the last
+    Taught in notebook 07, section 2. Works with ipywidgets 7.7 (Colab) and 8.x. Display it as the last
     expression of a cell, or with ``display(widget.ui)``. Every callback catches its own errors and
     shows them as a message: a widget callback's traceback would otherwise vanish.
     """

@@ -46,8 +46,8 @@ METRIC, MODE = "val_t2a_map10", "max"  # what ranks trials: losses at different 
 def trial(config: dict[str, Any], cfg: Config) -> None:
     """One Tune trial: ``train.train`` with this trial's values, reporting and checkpointing every epoch.
 
-    Taught in notebook 08. ``config`` holds "recipe" (baseline | fast), optionally "max_epochs" and "seed",
-    and any recipe value to change ("lr", "temperature", "batch_size", ...).
+    Taught in notebook 08, section 1. ``config`` holds "recipe" (baseline | fast), optionally "max_epochs" and
+    "seed", and any recipe value to change ("lr", "temperature", "batch_size", ...).
     """
     from ray import tune
 
@@ -83,7 +83,10 @@ def trial_recipe(cfg: Config, config: dict[str, Any]) -> tuple[str, Config]:
 
 
 def search_space(max_epochs: int = 4) -> dict[str, Any]:
-    """The notebook's search: learning rate, temperature, batch size and recipe, each trial at most max_epochs."""
+    """The notebook's search: learning rate, temperature, batch size and recipe, each trial at most max_epochs.
+
+    Taught in notebook 08, section 2.
+    """
     from ray import tune
 
     return {
@@ -96,19 +99,28 @@ def search_space(max_epochs: int = 4) -> dict[str, Any]:
 
 
 def baseline_config() -> dict[str, Any]:
-    """The baseline's exact trial: its recipe unchanged (Adam 1e-3, batch 32, temperature 0.07, 80 epochs)."""
+    """The baseline's exact trial: its recipe unchanged (Adam 1e-3, batch 32, temperature 0.07, 80 epochs).
+
+    Taught in notebook 08, section 6.
+    """
     return {"recipe": "baseline"}
 
 
 def asha(max_epochs: int, grace_period: int = 1, reduction_factor: int = 2) -> Any:
-    """ASHA on the epoch count: at epochs grace, grace*rf, ... a trial continues only if it is in the best 1/rf."""
+    """ASHA on the epoch count: at epochs grace, grace*rf, ... a trial continues only if it is in the best 1/rf.
+
+    Taught in notebook 08, section 3.
+    """
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor)
 
 
 def plateau_stopper(cfg: Config) -> Any:
-    """The baseline's stopper: TrialPlateauStopper with conf.yaml's values (std of the last 10 losses < 0.001, after 60)."""
+    """The baseline's stopper: TrialPlateauStopper with conf.yaml's values (std of the last 10 losses < 0.001, after 60).
+
+    Taught in notebook 08, section 3.
+    """
     from ray.tune.stopper import TrialPlateauStopper
 
     return TrialPlateauStopper(**cfg.baseline["trial_stopper"])
@@ -119,7 +131,7 @@ def make_tuner(
     storage_path: str | Path | None = None, name: str = "search", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
     trainable: Callable[..., None] | None = None,
 ) -> Any:
-    """A Tuner that runs ``num_samples`` trials drawn from ``param_space``. Taught in notebook 08.
+    """A Tuner that runs ``num_samples`` trials drawn from ``param_space``. Taught in notebook 08, section 4.
 
     Results go to <storage_path>/<name> (default: the profile's models folder, tune/); the stopper defaults
     to the baseline's plateau rule; each trial keeps only its newest checkpoint (it holds the whole run).
@@ -143,7 +155,7 @@ def make_tuner(
 def resume(path: str | Path, cfg: Config, trainable: Callable[..., None] | None = None) -> Any:
     """A Tuner that finishes an interrupted search (its folder): unfinished and failed trials go on from their last checkpoint.
 
-    Taught in notebook 08. ``trainable``: the function the search ran, when it was not ``trial``.
+    Taught in notebook 08, section 7. ``trainable``: the function the search ran, when it was not ``trial``.
     """
     from ray import tune
 
@@ -153,7 +165,8 @@ def resume(path: str | Path, cfg: Config, trainable: Callable[..., None] | None 
 def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True, **init_args: Any) -> dict[str, float]:
     """Start Ray on this machine (address None), or join a running cluster ("auto", "host:6379"); returns its resources.
 
-    Taught in notebook 08. ``quiet`` keeps the workers' logs out of the notebook (prints inside trials are hidden).
+    Taught in notebook 08 (its opening cells). ``quiet`` keeps the workers' logs out of the notebook (prints inside
+    trials are hidden).
     """
     ray = _import_ray()
     if quiet:
@@ -173,7 +186,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
 
 
 def stop_ray() -> None:
-    """Disconnect from Ray (a local instance started by start_ray stops with it)."""
+    """Disconnect from Ray (a local instance started by start_ray stops with it).
+
+    Taught in notebook 08, section 8.
+    """
     ray = _import_ray()
     ray.shutdown()
 
@@ -182,7 +198,10 @@ def stop_ray() -> None:
 
 
 def results_table(results: Any) -> pd.DataFrame:
-    """One row a trial: its values, last epoch, best validation mAP@10 and loss, status; best first."""
+    """One row a trial: its values, last epoch, best validation mAP@10 and loss, status; best first.
+
+    Taught in notebook 08, section 4.
+    """
     rows = []
     for result in results:
         curve = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
@@ -205,7 +224,10 @@ def curves(results: Any) -> dict[str, pd.DataFrame]:
 
 
 def plot_curves(results: Any, metric: str = METRIC, ax: Any = None) -> Any:
-    """The trials' learning curves: ``metric`` against the epoch, one line a trial, labelled with its values."""
+    """The trials' learning curves: ``metric`` against the epoch, one line a trial, labelled with its values.
+
+    Taught in notebook 08, section 5.
+    """
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(8, 3.5))[1]
@@ -221,7 +243,10 @@ def plot_curves(results: Any, metric: str = METRIC, ax: Any = None) -> Any:
 
 
 def trial_id(result: Any) -> str:
-    """A trial's id, as Tune names it (experiment id _ trial number)."""
+    """A trial's id, as Tune names it (experiment id _ trial number).
+
+    Taught in notebook 08, section 4.
+    """
     return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
 
 

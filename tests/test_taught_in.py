@@ -27,8 +27,6 @@ HEADING = re.compile(r"^##\s+(.+)$", re.MULTILINE)
 # Files whose docstrings others own while this test is written: a missing pointer there is an expected failure
 # (xfail, with the file named) until its owner adds it; a pointer that is present is checked like any other.
 OWNED_ELSEWHERE = {
-    "search.py": "course_lib/search.py is being edited by the notebook 07 work",
-    "tune.py": "course_lib/tune.py is being edited by the notebook 08 work",
 }
 
 
