@@ -24,12 +24,6 @@ POINTER = re.compile(r"Taught in notebook (\d\d)(?:, sections? (\d+)((?: and \d+
 SECTION = re.compile(r"^##\s+(\d+)\.\s", re.MULTILINE)
 HEADING = re.compile(r"^##\s+(.+)$", re.MULTILINE)
 
-# Files whose docstrings others own while this test is written: a missing pointer there is an expected failure
-# (xfail, with the file named) until its owner adds it; a pointer that is present is checked like any other.
-OWNED_ELSEWHERE = {
-}
-
-
 def cells(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))["cells"]
 
@@ -131,9 +125,6 @@ def test_every_used_function_says_where_it_is_taught(dotted):
     doc = obj.__doc__ or ""
     pointer = POINTER.search(doc)
     if pointer is None:
-        source = Path(inspect.getsourcefile(obj) or "").name
-        if source in OWNED_ELSEWHERE:
-            pytest.xfail(f"{dotted} has no 'Taught in notebook' pointer yet: {OWNED_ELSEWHERE[source]}")
         pytest.fail(f"{dotted} (first used in notebook {number}, section {section!r}) has no 'Taught in notebook NN, "
                     f"section S.' pointer in its docstring: add one where it is taught")
     taught_in, first_section, more = pointer.groups()
