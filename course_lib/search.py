@@ -283,8 +283,8 @@ def build_index(cfg: Config, split: str, model: DualEncoder, clip_vectors: np.nd
     fids = np.asarray(data.clip_fids, dtype=str)
     fname_of = dict(zip(table["fid"], table["fname"], strict=True))
     device = next(model.parameters()).device
-    if clip_vectors is None:  # one clip a forward pass: no clip is padded, just as a sound searched for is not
-        clip_vectors = embed_clips(model, data.h5_path, fids, batch_size=1, device=str(device))
+    if clip_vectors is None:  # embed_clips pads no clip, just as a sound searched for is not padded
+        clip_vectors = embed_clips(model, data.h5_path, fids, device=str(device))
     caption_vectors = embed_captions(model, data.vectors, device=device)
     captions = table[["tid", "fid", "fname", "raw_text", "text"]].reset_index(drop=True)
     return ClipIndex(split, fids, np.array([fname_of[fid] for fid in fids]), clip_vectors, captions, caption_vectors,
