@@ -1,7 +1,4 @@
-"""course_lib.data: caption- and clip-level sampling, padding and crops, preloading and per-worker reading.
-
-Also holds ``write_tiny_split``, the small HDF5 + caption data the training and model tests share.
-"""
+"""course_lib.data: caption- and clip-level sampling, padding and crops, preloading and per-worker reading."""
 
 from __future__ import annotations
 
@@ -12,34 +9,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from tiny import write_tiny_split
 from torch.utils.data import DataLoader
 
 from course_lib.cnn14 import SILENCE_LOG_MEL
 from course_lib.data import Collate, FeatureStore, SplitData, load_all, make_dataset, pad_batch, random_crop
-
-
-def write_tiny_split(
-    folder: Path, name: str, clips: int, captions_per_clip: int = 2, dim: int = 16, frames: tuple[int, int] = (70, 110),
-    seed: int = 0,
-) -> SplitData:
-    """clips random log-mels (frames drawn in range) in <folder>/<name>.hdf5, each with captions whose vectors
-    lean towards a per-clip direction (so there is something to learn)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    h5_path = folder / f"{name}.hdf5"
-    fids, tids, vectors = [], [], []
-    with h5py.File(h5_path, "w") as h5:
-        for clip in range(clips):
-            fid = f"{name}{clip:03d}"
-            pattern = rng.normal(size=64).astype(np.float32)
-            length = int(rng.integers(frames[0], frames[1] + 1))
-            h5[fid] = (-10 + 2 * rng.normal(size=(length, 64)) + 3 * pattern).astype(np.float32)
-            for caption in range(captions_per_clip):
-                fids.append(fid)
-                tids.append(f"{fid}_{caption}")
-                vector = np.concatenate([pattern[:dim], np.zeros(max(0, dim - 64))])[:dim] + 0.5 * rng.normal(size=dim)
-                vectors.append(vector / np.linalg.norm(vector))
-    return SplitData(h5_path, np.array(fids), np.array(tids), np.asarray(vectors, dtype=np.float32))
 
 
 @pytest.fixture()

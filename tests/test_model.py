@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import write_tiny_split
+from tiny import write_tiny_split
 
 from course_lib.cnn14 import CNN14Encoder
 from course_lib.model import DualEncoder, embed_captions, embed_clips, load_trained_model

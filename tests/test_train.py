@@ -20,12 +20,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_data import write_tiny_split
+from tiny import TINY_RECIPE, tiny_run, write_tiny_split
 
 from course_lib import train as train_module
-from course_lib.cnn14 import CNN14Encoder
 from course_lib.config import BASELINE_YAML, load_config
-from course_lib.model import DualEncoder, embed_clips, load_trained_model
+from course_lib.model import embed_clips, load_trained_model
 from course_lib.train import (
     TrainingError,
     autocast_dtype,
@@ -35,28 +34,9 @@ from course_lib.train import (
     plateau_reached,
     read_history,
     recipe_settings,
-    run_identity,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RECIPE = {
-    "sampling": "clip", "crop_frames": 64, "pad_value": "silence", "batch_size": 4, "lr": 0.001, "weight_decay": 0.0,
-    "max_epochs": 4, "temperature": 0.07, "mixed_precision": True,
-    "lr_plateau": {"factor": 0.1, "patience": 5, "threshold": 0.005, "min_lr": 1e-6},
-    "plateau_stop": {"std": 0.001, "num_results": 10, "grace_period": 60},
-}
-
-
-def tiny_run(folder: Path, recipe: dict | None = None, width: float = 0.125):
-    """(model, train split, val split, recipe, identity) for a tiny run with data under folder."""
-    recipe = dict(recipe or TINY_RECIPE)
-    train_split = write_tiny_split(folder, "dev", clips=12, captions_per_clip=2, seed=0)
-    val_split = write_tiny_split(folder, "val", clips=6, captions_per_clip=2, seed=1)
-    identity = run_identity("tiny", recipe, 0, width, 300, "random-16d", 16, False, train_split)
-    torch.manual_seed(0)
-    return DualEncoder(CNN14Encoder(300, width), 16), train_split, val_split, recipe, identity
-
-
 RUNNER = textwrap.dedent(
     """
     import os, signal, sys
@@ -64,7 +44,7 @@ RUNNER = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_run
+    from tiny import tiny_run
     from course_lib.train import fit
     folder, run_dir, kill = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     model, train_split, val_split, recipe, identity = tiny_run(folder)
