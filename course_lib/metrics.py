@@ -19,7 +19,8 @@ arbitrarily). Items are ranked by score, highest first; items with *equal* score
 the order they are given (the clip that comes first in ``clip_fids``, the caption that comes first
 in ``caption_fids``, ranks higher). It is the order of a stable sort on the negated scores, so the
 ranks of one query are a permutation of 1..n, ``top_k`` lists the same order, and a submission file
-scores exactly as the in-memory metrics. Training's validation mAP@10 (notebook 05) uses these functions too.
+scores exactly as the in-memory metrics. Training's validation mAP@10 (notebook 05) and the search of notebook 07
+(``course_lib.search``) use these functions too, so a tie never counts in an item's favour anywhere in the course.
 
 Splits with fewer than 10 clips work: a rank is then at most the number of clips (the baseline's
 ``measure()`` raised IndexError there).
@@ -170,9 +171,13 @@ class Retrieval:
 def top_k(scores: np.ndarray, k: int = 10) -> np.ndarray:
     """(M, min(k, N)) column indices of each row's k best items, best first, with the module's tie rule.
 
-    Taught in notebook 06, section 4.
+    Taught in notebook 06, section 4 (and notebook 07, section 1: the search's top k). One row of N scores,
+    shape (N,), gives its (min(k, N),) best items. ``np.partition`` finds each row's k-th highest score in
+    linear time; only the items at or above it are sorted.
     """
     scores = np.asarray(scores)
+    if scores.ndim == 1:
+        return top_k(scores[None], k)[0]
     k = min(k, scores.shape[1])
     if k == 0 or len(scores) == 0:
         return np.zeros((len(scores), k), dtype=np.int64)
@@ -240,21 +245,28 @@ def score_submission(submission_csv: str | Path, ground_truth_csv: str | Path) -
     """Score a submission CSV against a Clotho-format ground truth, as the official DCASE script does.
 
     Taught in notebook 06, section 5. Each ground-truth caption is one query; its rank is the position of its
-    file among the row's file names (a miss counts as rank "beyond the list"). A malformed submission
-    (missing column, unknown or repeated file name, a caption not in the ground truth or missing
-    from the submission) raises ValueError naming the line.
+    file among the row's file names. A caption whose file the row does not list is a miss at every cutoff
+    (R@k 0, AP 0): its true rank is unknown, only that it is beyond the list, so a row of 5 names cannot earn
+    R@10. Its rank is recorded as max(10, files) + 1, beyond every cutoff. A malformed submission (empty, missing
+    column, unknown or repeated file name, a caption not in the ground truth, given twice or missing) raises
+    ValueError naming the file and line.
     """
     truth = read_ground_truth(ground_truth_csv)
     submission = _read_csv(submission_csv, "submission")
     name_columns = _submission_columns(submission, submission_csv)
     known_files = set(truth.values())
     listed: dict[str, list[str]] = {}
+    line_of: dict[str, int] = {}
     for index, row in submission.iterrows():
         line = int(index) + 2  # the header is line 1
         caption = row["caption"]
         if caption not in truth:
             raise ValueError(f"{submission_csv}, line {line}: caption {caption!r} is not in the ground truth {ground_truth_csv}. "
                              "Write the original caption text (raw_text), not the cleaned text.")
+        if caption in line_of:
+            raise ValueError(f"{submission_csv}, lines {line_of[caption]} and {line} both rank the caption {caption!r}. "
+                             "Keep one row a caption (write_submission writes each caption once).")
+        line_of[caption] = line
         names = [name for name in row[name_columns] if isinstance(name, str)]
         unknown = [name for name in names if name not in known_files]
         if unknown:
@@ -268,8 +280,8 @@ def score_submission(submission_csv: str | Path, ground_truth_csv: str | Path) -
     missing = [caption for caption in truth if caption not in listed]
     if missing:
         raise ValueError(f"{submission_csv} has no row for {len(missing)} ground-truth captions (e.g. {missing[0]!r}).")
-    beyond = len(name_columns) + 1
-    ranks = np.array([listed[c].index(f) + 1 if f in listed[c] else beyond for c, f in truth.items()], dtype=np.int64)
+    unlisted = max(max(CUTOFFS), len(known_files)) + 1  # a miss: beyond every cutoff, whatever the row's length
+    ranks = np.array([listed[c].index(f) + 1 if f in listed[c] else unlisted for c, f in truth.items()], dtype=np.int64)
     per_query = {f"R@{k}": (ranks <= k).astype(float) for k in CUTOFFS}
     per_query["mAP@10"] = np.where(ranks <= 10, 1.0 / ranks, 0.0)
     return Retrieval("text-to-audio (submission)", per_query, ranks, n_items=len(known_files))
@@ -326,10 +338,16 @@ def _read_csv(path: str | Path, what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"The {what} CSV {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"The {what} CSV {path} is empty (0 bytes): it was not written, or not completely. Write it again.")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"The {what} CSV {path} cannot be read as UTF-8 CSV: {exc}") from exc
+    if table.empty:
+        raise ValueError(f"The {what} CSV {path} has a header line and no rows: it was not written completely. "
+                         "Write it again.")
+    return table
 
 
 def _submission_columns(submission: pd.DataFrame, path: str | Path) -> list[str]:

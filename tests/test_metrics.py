@@ -303,6 +303,54 @@ def test_a_submission_for_fewer_than_ten_clips(tmp_path):
     assert score_submission(path, truth).means == pytest.approx(text_to_audio(scores, owners, ["a.wav", "b.wav"]).means)
 
 
+@pytest.mark.parametrize("columns", [1, 5])
+def test_a_short_row_earns_nothing_beyond_its_list(split, tmp_path, columns):
+    # random scores: a file not among a row's names is a miss at every cutoff, never "just past the list"
+    truth, caption_texts, caption_files, files, _ = split
+    scores = np.random.default_rng(3).normal(size=(len(caption_texts), len(files)))
+    path = write_submission(tmp_path / "short.csv", caption_texts, scores, files, k=columns)
+    assert len(pd.read_csv(path).columns) == 1 + columns
+    from_file = score_submission(path, truth).means
+    in_memory = text_to_audio(scores, caption_files, files)
+    listed = in_memory.ranks <= columns  # the captions whose file the row names
+    for k in (1, 5, 10):
+        assert from_file[f"R@{k}"] == pytest.approx(np.mean(listed & (in_memory.ranks <= k)))
+    assert from_file["R@10"] == pytest.approx(from_file[f"R@{columns}"]) and from_file["R@10"] < 0.6
+    assert from_file["mAP@10"] == pytest.approx(np.mean(np.where(listed, 1 / in_memory.ranks, 0)))
+
+
+def test_a_row_with_empty_cells_counts_the_unnamed_file_as_a_miss(tmp_path):
+    truth = tmp_path / "gt.csv"
+    write_ground_truth(truth, {f"{c}.wav": [f"{c}{i}" for i in range(5)] for c in "abc"})
+    rows = [["caption"] + [f"file_name_{i}" for i in range(1, 4)]]
+    rows += [[f"{c}{i}", "a.wav", "", ""] for c in "abc" for i in range(5)]  # only a.wav named, then blanks
+    rewrite(tmp_path / "s.csv", rows)
+    result = score_submission(tmp_path / "s.csv", truth)
+    assert result.means["R@10"] == pytest.approx(1 / 3) and result.means["mAP@10"] == pytest.approx(1 / 3)
+    assert (result.ranks[5:] > 10).all()
+
+
+def test_a_caption_given_twice_names_both_lines(split, tmp_path):
+    truth, caption_texts, _, files, scores = split
+    path = write_submission(tmp_path / "submission.csv", caption_texts, scores, files)
+    rows = submission_rows(path)
+    rewrite(path, rows[:9] + [rows[3]] + rows[9:])  # the caption of line 4 again, as line 10
+    with pytest.raises(ValueError, match=r"submission.csv, lines 4 and 10 both rank the caption"):
+        score_submission(path, truth)
+
+
+@pytest.mark.parametrize("which", ["submission", "ground truth"])
+@pytest.mark.parametrize("content, message", [("", r"is empty \(0 bytes\)"), (None, "has a header line and no rows")])
+def test_an_empty_or_header_only_file_is_named(split, tmp_path, which, content, message):
+    truth, caption_texts, _, files, scores = split
+    path = write_submission(tmp_path / "submission.csv", caption_texts, scores, files)
+    damaged = path if which == "submission" else truth
+    header = damaged.read_text(encoding="utf-8").splitlines()[0] + "\n"
+    damaged.write_text(header if content is None else content, encoding="utf-8")
+    with pytest.raises(ValueError, match=f"The {which} CSV {damaged} {message}"):
+        score_submission(path, truth)
+
+
 def test_ground_truth_needs_clotho_columns(tmp_path):
     bad = tmp_path / "gt.csv"
     bad.write_text("name,text\nx.wav,a dog\n", encoding="utf-8")
