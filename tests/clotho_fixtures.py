@@ -1,18 +1,20 @@
-"""Tiny Clotho-format folders and a local file server for the tests of course_lib.clotho and
-course_lib.download (not a test module itself)."""
+"""Tiny Clotho-format folders for the tests of course_lib.clotho and course_lib.download (not a test module itself).
+
+The local file server those tests download from is course_lib._stand_ins.FileServer, which ``make rehearsal``
+serves Clotho from too; it is re-exported here.
+"""
 
 from __future__ import annotations
 
 import csv
-import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import soundfile as sf
+
+from course_lib._stand_ins import FileServer
+
+__all__ = ["FileServer", "SHARED_NAME", "TINY_CLIPS", "captions_for", "write_clotho_folder", "write_split", "write_wav"]
 
 SAMPLE_RATE = 8000
 SHARED_NAME = "City Ambience w_ Car Passing_1-2.wav"  # in development and validation, as in Clotho v2.1
@@ -66,82 +68,3 @@ def write_clotho_folder(dataset_dir: Path, clips: dict[str, list[tuple[str, floa
     for split, split_clips in (clips or TINY_CLIPS).items():
         write_split(dataset_dir, split, split_clips)
     return dataset_dir
-
-
-class FileServer:
-    """Serves ``contents`` ({file name: bytes}) on 127.0.0.1, never the internet.
-
-    It records every request (``requests``: names; ``range_starts``: the byte a request asked to
-    start from, None without a Range header), answers 404 for unknown names, supports
-    ``Range: bytes=N-`` (206 Partial Content, or 416 past the end) like Zenodo, and can misbehave on
-    demand: ``corrupt`` (serve the bytes reversed), ``break_once`` (send half, then close the
-    connection), ``no_ranges`` (ignore Range headers: 200 and the whole file, like some servers),
-    ``slow`` (send in ten pieces a fifth of a second apart) and ``status`` ({name: HTTP code}
-    answered instead of the file).
-    """
-
-    def __init__(self, contents: dict[str, bytes]) -> None:
-        self.contents = dict(contents)
-        self.requests: list[str] = []
-        self.range_starts: list[int | None] = []
-        self.corrupt: set[str] = set()
-        self.break_once: set[str] = set()
-        self.no_ranges: set[str] = set()
-        self.slow: set[str] = set()
-        self.status: dict[str, int] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                name = unquote(urlparse(self.path).path).rsplit("/", 1)[-1]
-                asked = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-                start = int(asked.group(1)) if asked else None
-                server.requests.append(name)
-                server.range_starts.append(start)
-                if name in server.status or name not in server.contents:
-                    self.send_error(server.status.get(name, 404))
-                    return
-                body = server.contents[name]
-                if name in server.corrupt:
-                    body = bytes(reversed(body))
-                if start is not None and name not in server.no_ranges:
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                    body = body[start:]
-                else:
-                    self.send_response(200)
-                    self.send_header("Accept-Ranges", "none" if name in server.no_ranges else "bytes")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if name in server.break_once:
-                    server.break_once.discard(name)
-                    self.wfile.write(body[: len(body) // 2])  # then the connection closes
-                    return
-                if name in server.slow:
-                    step = len(body) // 10 + 1
-                    for first in range(0, len(body), step):
-                        self.wfile.write(body[first : first + step])
-                        self.wfile.flush()
-                        time.sleep(0.2)
-                    return
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.timeout = 10
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/files"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import py7zr
 import pytest
-from clotho_fixtures import TINY_CLIPS, FileServer, write_split
+from clotho_fixtures import TINY_CLIPS, FileServer, write_clotho_folder, write_split
 
 from course_lib import clotho, download
+from course_lib._stand_ins import pack_clotho_files
 from course_lib.clotho import CLOTHO_FILES, ClothoError, RemoteFile, download_clotho, split_file_names
 from course_lib.config import SPLITS, load_config
 from course_lib.download import DownloadError
@@ -19,18 +20,8 @@ from course_lib.pipeline import prepare
 
 def build_remote_files(folder: Path) -> dict[str, bytes]:
     """Clotho's nine files in miniature: one .7z of wavs (under '<split>/') and two CSVs per split."""
-    contents = {}
-    for split, clips in TINY_CLIPS.items():
-        source = folder / split
-        write_split(source, split, clips)
-        archive_name, captions_name, metadata_name = split_file_names(split)
-        with py7zr.SevenZipFile(folder / archive_name, "w") as archive:
-            for fname, _ in clips:
-                archive.write(source / split / fname, arcname=f"{split}/{fname}")
-        for name, path in ((archive_name, folder / archive_name), (captions_name, source / captions_name),
-                           (metadata_name, source / metadata_name)):
-            contents[name] = path.read_bytes()
-    return contents
+    source = write_clotho_folder(folder / "Clotho")
+    return {name: path.read_bytes() for name, path in pack_clotho_files(source, folder / "served").items()}
 
 
 @pytest.fixture(scope="module")
