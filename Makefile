@@ -6,11 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: course test lab bench lint help figures
+.PHONY: course test check lab bench lint help figures
+# pytest on both cores, a test file a worker (a file's tests share its fixtures: one Ray instance, one browser);
+# the slowest items are listed at the end so the next slow test is seen when it arrives.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 help:
 	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"
-	@echo "make test    lint, unit tests, every notebook under nbmake, the widget tests under ipywidgets 7.7.1"
+	@echo "make test    lint, unit tests, every notebook under nbmake (quick setting), the widget tests under ipywidgets 7.7.1"
+	@echo "make check   lint and the unit tests without the notebooks: the quick loop while you work"
 	@echo "make lab     open JupyterLab on notebooks/"
 	@echo "make bench   run the benchmarks (tables printed, JSON saved in benchmarks/results/)"
 	@echo "make figures redraw the README's images in figures/ from the course's own code"
@@ -27,8 +31,12 @@ course: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests --nbmake notebooks --nbmake-timeout=900
 	scripts/test_widgets_77.sh
+	$(PYTEST) tests --nbmake notebooks --nbmake-timeout=900
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(PYTEST) tests
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

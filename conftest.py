@@ -1,8 +1,11 @@
-"""Under nbmake, each notebook runs alone on its own empty data root.
+"""Under nbmake, each notebook runs alone on its own empty data root, with the quick setting.
 
 That is the path a learner takes who opens a notebook on a fresh runtime (a Colab badge, say): the
 notebook must build what it is missing through course_lib.pipeline, and say so. The kernel that
-nbmake starts inherits this process's environment, so COURSE_DATA_DIR is set just before it runs.
+nbmake starts inherits this process's environment, so COURSE_DATA_DIR is set just before it runs,
+and COURSE_QUICK=1 (course_lib.config): the same code path with a couple of epochs and small Ray Tune
+searches. Whether the model learns is tested once, in tests/test_learning.py; `make course` runs
+the full settings.
 """
 
 from __future__ import annotations
@@ -11,19 +14,20 @@ import os
 
 import pytest
 
-_previous = pytest.StashKey[str | None]()  # the COURSE_DATA_DIR to restore after a notebook
+_previous = pytest.StashKey[dict[str, str | None]]()  # the variables to restore after a notebook
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.path.suffix == ".ipynb":
-        item.stash[_previous] = os.environ.get("COURSE_DATA_DIR")
+        item.stash[_previous] = {name: os.environ.get(name) for name in ("COURSE_DATA_DIR", "COURSE_QUICK")}
         os.environ["COURSE_DATA_DIR"] = str(item.config._tmp_path_factory.mktemp(f"data-{item.path.stem}"))
+        os.environ["COURSE_QUICK"] = "1"
 
 
 def pytest_runtest_teardown(item: pytest.Item) -> None:
     if _previous in item.stash:
-        previous = item.stash[_previous]
-        if previous is None:
-            os.environ.pop("COURSE_DATA_DIR", None)
-        else:
-            os.environ["COURSE_DATA_DIR"] = previous
+        for name, previous in item.stash[_previous].items():
+            if previous is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = previous

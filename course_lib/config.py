@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,12 @@ SAMPLE_RATE = 44_100  # Clotho's rate: every clip is brought to it before its lo
 HOP_SECONDS = 0.020  # one log-mel frame every 20 ms
 OUT_DIM = 300  # the shared embedding size of clips and captions
 BASELINE_YAML = Path(__file__).with_name("baseline.yaml")
+# The quick setting (COURSE_QUICK=1): the same code path with smaller amounts, for tests and a first look.
+# `make course` never sets it; every notebook's `prepare` line says when it is on.
+QUICK_ENV = "COURSE_QUICK"
+QUICK_EPOCHS = 2  # training stops after this many epochs (epoch 0 measures the untrained model)
+QUICK_TRIALS = 2  # Ray Tune runs at most this many trials ...
+QUICK_TRIAL_EPOCHS = 1  # ... of at most this many epochs each
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +53,7 @@ class Config:
     baseline: dict[str, Any]
     settings: dict[str, Any]
     training: dict[str, Any] = field(default_factory=dict)  # the YAML's training recipes, when it has them
+    quick: bool = False  # COURSE_QUICK=1: recipes cut to QUICK_EPOCHS epochs, Tune to QUICK_TRIALS short trials
 
     @property
     def profile_dir(self) -> Path:
@@ -87,7 +95,7 @@ def default_data_root() -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with an error that names the file when it cannot be used."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_YamlLoader)
     except FileNotFoundError as exc:
         raise ConfigError(f"Config file {path} does not exist. Pass an existing YAML file.") from exc
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -109,11 +117,13 @@ def load_config(
     data_root: str | Path | None = None,
     yaml_path: str | Path | None = None,
     splits: list[str] | tuple[str, ...] | None = None,
+    quick: bool | None = None,
 ) -> Config:
     """Build the Config for a profile (default: ``COURSE_PROFILE`` or 'synthetic'). Taught in notebook 00, section 2.
 
     ``splits`` narrows the profile to some splits, e.g. ``["evaluation"]`` to evaluate released weights on
-    Clotho without downloading the training data.
+    Clotho without downloading the training data. ``quick`` (default: ``COURSE_QUICK=1``) keeps the code path
+    and shrinks the amounts: training stops after QUICK_EPOCHS epochs, Ray Tune runs QUICK_TRIALS short trials.
     """
     profile = profile or os.environ.get("COURSE_PROFILE") or DEFAULT_PROFILE
     loaded = read_yaml(Path(yaml_path or os.environ.get("COURSE_CONFIG") or BASELINE_YAML))
@@ -129,7 +139,28 @@ def load_config(
         if _splits(list(splits)) is not None:
             raise ConfigError(f"splits={splits!r}: pass {_splits(list(splits))}.")
         settings = {**settings, "splits": list(splits)}
-    return Config(profile, root, loaded["baseline"], settings, loaded.get("training") or {})
+    quick = quick_from_environment() if quick is None else bool(quick)
+    training = loaded.get("training") or {}
+    if quick:
+        training = {name: {**recipe, "max_epochs": min(recipe["max_epochs"], QUICK_EPOCHS)} for name, recipe in training.items()}
+    return Config(profile, root, loaded["baseline"], settings, training, quick)
+
+
+def quick_from_environment() -> bool:
+    """True when ``COURSE_QUICK`` is 1, False when unset, empty or 0; anything else is refused."""
+    value = os.environ.get(QUICK_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ConfigError(f"{QUICK_ENV} is set to {value!r}. Set it to 1 for the quick setting (a couple of epochs, "
+                          "small Tune searches), or unset it (or 0) for the full course.")
+    return value == "1"
+
+
+def quick_summary(cfg: Config) -> str:
+    """One line saying what the quick setting shortens, or '' when it is off."""
+    if not cfg.quick:
+        return ""
+    return (f"{QUICK_ENV}=1: training stops after {QUICK_EPOCHS} epochs, Ray Tune runs at most {QUICK_TRIALS} trials "
+            f"of {QUICK_TRIAL_EPOCHS} epoch; unset it for the full course")
 
 
 def check_writable(root: Path) -> None:
@@ -151,17 +182,25 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
-def resolve_device(preference: str = "auto") -> str:
-    """'cuda' when asked for or available under 'auto', else 'cpu'. Taught in notebook 00, section 1."""
+def resolve_device(preference: Any = "auto") -> str:
+    """'auto': 'cuda', else Apple's 'mps', else 'cpu'; or the device asked for, when it is there.
+
+    Taught in notebook 00, section 1. The one device rule: training, embeddings and search all use it.
+    """
     import torch
 
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"Unknown device {preference!r}. Choose one of: auto, cpu, cuda.")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("Device 'cuda' was asked for but no GPU is visible. Use 'auto' or 'cpu'.")
-    if preference == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return preference
+    wanted = str(preference)
+    kind = wanted.split(":")[0]
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if kind not in ("auto", "cpu", "cuda", "mps") or (kind == "auto" and wanted != "auto"):
+        raise ConfigError(f"Unknown device {preference!r}. Choose one of: auto, cpu, cuda, mps.")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Device {wanted!r} was asked for but no GPU is visible. Use 'auto' or 'cpu'.")
+    if kind == "mps" and not mps:
+        raise ConfigError(f"Device {wanted!r} (Apple's GPU) was asked for but is not available here. Use 'auto' or 'cpu'.")
+    return wanted
 
 
 # --- after the lesson: checks that name the setting, its value and what is allowed -----------------------
@@ -183,6 +222,15 @@ def _data_root_from_environment(value: str) -> Path:
     raise ConfigError(f"COURSE_DATA_DIR is set to the relative path {value!r}, which would mean another folder from "
                       "every working folder. Set it to an absolute path, such as /home/you/course-data.")
 
+
+class _YamlLoader(yaml.SafeLoader):
+    """safe_load, but numbers such as 1e6 or 1e-3 are numbers (YAML 1.1, which PyYAML follows, reads them as text)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 Check = Callable[[Any], str | None]  # a value -> None when allowed, else what is allowed
 

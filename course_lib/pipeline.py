@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from course_lib import clotho, features, model, synth, text, text_cache, train
-from course_lib.config import Config, ConfigError
+from course_lib.config import Config, ConfigError, quick_summary
 
 STAGES = ("dataset", "captions", "features", "embeddings", "model")
 
@@ -46,6 +46,8 @@ class Prepared:
 def prepare(cfg: Config, until: str = "embeddings", verbose: bool = True) -> Prepared:
     """Build (or reuse) every stage up to and including ``until``; one status line a stage. Taught in notebook 00, section 3."""
     done = Prepared(cfg)
+    if verbose and cfg.quick:
+        print(f"{'quick':<11} {'on':<16} {quick_summary(cfg)}")
     for stage in STAGES[: _stage_index(until) + 1]:
         build, outputs = _STAGES[stage]
         before = _snapshot(outputs(cfg))

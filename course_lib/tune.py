@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from course_lib import train
-from course_lib.config import Config
+from course_lib.config import QUICK_TRIAL_EPOCHS, QUICK_TRIALS, Config
 
 INSTALL_HINT = ('Ray Tune is not installed. Install the course\'s optional extra: pip install -e ".[tune]" '
                 '(or pip install "ray[tune]"), then restart the kernel.')
@@ -141,6 +141,10 @@ def make_tuner(
 
     storage = Path(storage_path) if storage_path else cfg.models_dir / "tune"
     storage.mkdir(parents=True, exist_ok=True)
+    if cfg.quick:  # COURSE_QUICK=1: fewer and shorter trials, the same search
+        num_samples = min(num_samples, QUICK_TRIALS)
+        param_space = {**param_space, "max_epochs": min(int(param_space.get("max_epochs") or QUICK_TRIAL_EPOCHS),
+                                                        QUICK_TRIAL_EPOCHS)}
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable or trial, cfg=cfg), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         param_space=param_space,

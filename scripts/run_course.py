@@ -1,6 +1,8 @@
 """Run every course notebook in order, headless, and print a short summary (used by `make course`).
 
-Executed copies go to build/course/ (git-ignored); the notebooks in notebooks/ stay clean.
+Executed copies go to build/course/ (git-ignored); the notebooks in notebooks/ stay clean. The course runs
+with its full settings: COURSE_QUICK (the tests' shortened training) is removed from the notebooks'
+environment. The summary ends with the trained model's text-to-audio scores on the evaluation split.
 Usage: python scripts/run_course.py [--profile synthetic] [--only 00 02] [--timeout 1800]
 """
 
@@ -15,6 +17,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from course_lib.config import QUICK_ENV, load_config
+from course_lib.model import best_checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -37,6 +42,24 @@ def run_notebook(path: Path, timeout: int) -> float:
     return time.perf_counter() - started
 
 
+def full_course_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment the notebooks run in: the caller's, without the quick setting."""
+    return {name: value for name, value in environ.items() if name != QUICK_ENV}
+
+
+def trained_model_scores(cfg) -> str:
+    """The profile's trained model on the evaluation split: mAP@10 and R@1/5/10 with 95 % jackknife intervals."""
+    from course_lib import metrics
+    from course_lib.data import load_split
+    from course_lib.model import embed_captions, embed_clips, load_trained_model
+
+    evaluation = load_split(cfg, "evaluation")
+    model = load_trained_model(cfg)
+    clip_fids = list(evaluation.clip_fids)
+    scores = metrics.score_matrix(embed_captions(model, evaluation.vectors), embed_clips(model, evaluation.h5_path, clip_fids))
+    return str(metrics.text_to_audio(scores, evaluation.fids, clip_fids))
+
+
 def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -47,6 +70,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 00 02")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     args = parser.parse_args()
+    if os.environ.get(QUICK_ENV, "") not in ("", "0"):
+        print(f"{QUICK_ENV} is set; `make course` runs the full course, so it is ignored here.")
+    environ = full_course_environment(dict(os.environ))
+    os.environ.clear()
+    os.environ.update(environ)  # the kernels inherit this process's environment
     os.environ["COURSE_PROFILE"] = args.profile
 
     notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -69,8 +97,6 @@ def main() -> int:
         timings.append((path.name, seconds))
         print(f"done in {seconds:.0f} s")
 
-    from course_lib.config import load_config
-
     cfg = load_config(args.profile)
     print("\nSummary")
     print(f"  {'notebook':<32} {'seconds':>8}")
@@ -82,6 +108,9 @@ def main() -> int:
         if folder.exists():
             files = [f for f in folder.rglob("*") if f.is_file()]
             print(f"  {folder.relative_to(cfg.data_root)}/: {len(files)} files, {folder_size(folder) / 1e6:.1f} MB")
+    if best_checkpoint_path(cfg).is_file():
+        print(f"\nThe trained model ({best_checkpoint_path(cfg).relative_to(cfg.data_root)}) on the evaluation split, "
+              f"text to audio:\n  {trained_model_scores(cfg)}")
     print(f"\nOpen the executed notebooks in {OUTPUT.relative_to(ROOT)}/ or run `make lab` to work through them.")
     return 0
 

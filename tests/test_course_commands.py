@@ -1,0 +1,76 @@
+"""The README's commands: `make course` runs the full settings, `make test` and `make check` the quick ones.
+
+The quick setting (COURSE_QUICK=1, course_lib.config) shortens training and Ray Tune for the notebook tests;
+it must never be on by accident in `make course`, and every notebook says when it is on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from course_lib import pipeline
+from course_lib.config import QUICK_EPOCHS, ConfigError, load_config
+from course_lib.train import recipe_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_course_module():
+    spec = importlib.util.spec_from_file_location("run_course", REPO / "scripts" / "run_course.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_dry_run(target: str) -> str:
+    """The commands `make -n target` would run (the venv stamp is assumed built)."""
+    done = subprocess.run(["make", "-n", "-o", ".venv/.installed-stamp", target], cwd=REPO, capture_output=True, text=True,
+                          check=True)
+    return done.stdout
+
+
+def test_make_course_never_sets_the_quick_setting_and_removes_it_from_the_notebooks_environment() -> None:
+    commands = make_dry_run("course")
+    assert "scripts/run_course.py" in commands and "COURSE_QUICK" not in commands
+    environment = run_course_module().full_course_environment({"COURSE_QUICK": "1", "HOME": "/home/learner"})
+    assert environment == {"HOME": "/home/learner"}
+
+
+def test_make_test_runs_every_notebook_and_make_check_none() -> None:
+    test, check = make_dry_run("test"), make_dry_run("check")
+    assert "--nbmake notebooks" in test and "scripts/test_widgets_77.sh" in test and "--durations" in test
+    assert "nbmake" not in check and "ruff check" in check and "pytest" in check
+
+
+def test_the_quick_setting_cuts_every_recipe_to_a_couple_of_epochs_and_says_so(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COURSE_QUICK", "1")
+    quick = load_config("synthetic", data_root=tmp_path)
+    full = load_config("synthetic", data_root=tmp_path, quick=False)
+    assert quick.quick and not full.quick
+    for name in full.training:
+        assert recipe_settings(quick, name)[1] == {**recipe_settings(full, name)[1], "max_epochs": QUICK_EPOCHS}
+        assert recipe_settings(full, name)[1]["max_epochs"] > QUICK_EPOCHS
+    # The status line comes before any stage: a stand-in dataset stage keeps this test free of data.
+    monkeypatch.setattr(pipeline, "_STAGES", {**pipeline._STAGES, "dataset": (lambda done, progress: "stub", lambda cfg: [])})
+    pipeline.prepare(quick, until="dataset")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("quick") and "COURSE_QUICK=1" in first and f"{QUICK_EPOCHS} epochs" in first
+    pipeline.prepare(full, until="dataset")
+    assert "quick" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "true"])
+def test_an_unknown_quick_value_is_refused_saying_what_to_set(tmp_path, monkeypatch, value) -> None:
+    monkeypatch.setenv("COURSE_QUICK", value)
+    with pytest.raises(ConfigError, match=rf"COURSE_QUICK is set to '{value}'.*Set it to 1"):
+        load_config("synthetic", data_root=tmp_path)
+
+
+def test_unset_or_zero_means_the_full_course(tmp_path, monkeypatch) -> None:
+    for value in ("", "0"):
+        monkeypatch.setenv("COURSE_QUICK", value)
+        assert not load_config("synthetic", data_root=tmp_path).quick
