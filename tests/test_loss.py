@@ -76,9 +76,16 @@ def test_mask_leaves_the_diagonal_and_other_clips_in() -> None:
     assert mask.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
 
 
-def test_gradient_flows_and_ignores_masked_pairs() -> None:
-    """Moving a same-clip item's text embedding changes nothing for an anchor whose batch is that clip only."""
-    audio = unit(3, 8, torch.Generator().manual_seed(5)).float().requires_grad_(True)
-    text = unit(3, 8, torch.Generator().manual_seed(6)).float().requires_grad_(True)
-    infonce_loss(audio, text, torch.tensor([0, 0, 0])).backward()
-    assert torch.allclose(audio.grad, torch.zeros_like(audio.grad)) and torch.allclose(text.grad, torch.zeros_like(text.grad))
+def test_gradient_reaches_every_unmasked_pair_and_no_masked_one() -> None:
+    """With one-hot clip embeddings, text[i, j] is the score of caption i against clip j (times the temperature),
+    so text.grad is the gradient of the loss with respect to each entry of the score matrix (temperature 1 keeps every
+    softmax probability well above rounding)."""
+    clip_ids = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    audio = torch.eye(len(clip_ids)).requires_grad_(True)  # unit length: clip j is the j-th axis
+    text = unit(len(clip_ids), len(clip_ids), torch.Generator().manual_seed(6)).float().requires_grad_(True)
+    infonce_loss(audio, text, clip_ids, temperature=1.0).backward()
+    masked = same_clip_mask(clip_ids)
+    assert masked.sum() == 8  # (0, 1), (1, 0) and the six pairs among 3, 4 and 5
+    assert (text.grad[masked] == 0).all(), "a pair left out of the softmax must get no gradient"
+    assert (text.grad[~masked].abs() > 1e-3).all(), "every pair in the softmax, the diagonal included, gets a gradient"
+    assert audio.grad.abs().sum() > 0
