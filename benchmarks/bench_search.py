@@ -25,8 +25,9 @@ from _common import machine_info, save_results
 
 from course_lib import text
 from course_lib.cnn14 import CNN14Encoder
+from course_lib.metrics import top_k
 from course_lib.model import DualEncoder
-from course_lib.search import ClipIndex, SearchEngine, top_k
+from course_lib.search import ClipIndex, SearchEngine
 from course_lib.synth_captions import describe_scene
 from course_lib.synth_scenes import sample_scene
 

@@ -1,11 +1,18 @@
-"""Search the clips by describing them: an exact embedding index, and a widget to play with it.
+"""Search the clips by describing them: an exact embedding index, and the queries it answers.
 
 Taught in notebook 07. The trained dual encoder maps every clip of a split to a unit vector, once:
 that table is the index. A text query takes the road captions took in training (Sentence-BERT,
 then the model's text projection) and ends as one unit vector too; its cosine with every clip is
-one matrix product, and ``np.argpartition`` picks the k best without sorting all N scores.
-Exact search like this is right up to about 100,000 clips (a few ms a query on 2 cores); Clotho
-has under 7,000, so no approximate index is needed.
+one matrix product, and ``metrics.top_k`` picks the k best without sorting all N scores. Ranks and
+ties follow the one rule of ``course_lib.metrics`` (an equal score never counts in an item's favour),
+so a rank here is the rank notebook 06 measures. Exact search like this is right up to about 100,000
+clips (a few ms a query on 2 cores); Clotho has under 7,000, so no approximate index is needed.
+
+A score alone does not say that a clip fits: a query that describes nothing still has a best clip,
+with a score much like a real query's. So every hit also carries its **z-score**, how many standard
+deviations its score lies above the query's mean score over the whole index, and it **stands out**
+when that z-score is higher than the best of N scores drawn at random from a normal distribution
+would reach one time in 20 (``stand_out_z``). When no hit stands out, the results say so.
 
 The same index answers sounds: a clip of the split ("more like this") or an uploaded file, through
 the same log-mel front end and the audio branch, gives the nearest clips and the nearest captions
@@ -13,12 +20,9 @@ the same log-mel front end and the audio branch, gives the nearest clips and the
 
     engine = SearchEngine.from_config(cfg)          # trained model + text model + cached index
     results = engine.search("rain on a tin roof", split="evaluation", k=10)
-    SearchWidget(engine)                            # the ipywidgets UI (JupyterLab, Colab's ipywidgets 7.7)
-    show_results(engine, results)                   # the same rows without widgets
 
-Below the lesson: the index cache (rebuilt when the checkpoint or the features change), previews
-kept small (a short excerpt at a low rate), reading uploads in both ipywidgets 7 and 8 formats,
-and the widget itself.
+The widget and the printed rows are in ``course_lib.search_widget``. Below the lesson: checks on
+queries, k, splits and uploads, and the index cache (rebuilt when the checkpoint or the features change).
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -42,17 +48,21 @@ from course_lib.cnn14 import MIN_FRAMES
 from course_lib.config import Config, resolve_device
 from course_lib.data import load_split
 from course_lib.files import atomic_path, building
+from course_lib.metrics import ranks_of, top_k
 from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, embed_clips, load_trained_model
+
+__all__ = [
+    "ClipIndex", "Hit", "QueryError", "Results", "SearchEngine", "build_index", "load_index", "query_problem",
+    "sound_to_log_mel", "stand_out_z", "z_scores",
+]
 
 MAX_QUERY_CHARS = 300  # Sentence-BERT reads at most 256-384 word pieces; a query is a sentence, not a page
 MAX_SOUND_SECONDS = 60.0  # an uploaded sound is cut here (Clotho's clips last 15-30 s)
-PREVIEW_SECONDS = 4.0  # audio players play a short excerpt ...
-PREVIEW_RATE = 11_025  # ... at a quarter of Clotho's rate, so a page of results stays small (88 kB a player)
-TOP_K_CHOICES = (5, 10, 20, 50)
+STAND_OUT_CHANCE = 0.05  # a score stands out when the best of N random scores would beat it less often than this
 
 
 class QueryError(ValueError):
-    """A query the engine cannot search for (empty, too long, not a readable sound); the message says what to do."""
+    """A query the engine cannot search for (empty, too long, not a readable sound, a bad k or split); says what to do."""
 
 
 # --- the lesson: an index, a query vector, one matrix product ---------------------------------
@@ -88,26 +98,33 @@ class ClipIndex:
         return {str(text): list(dict.fromkeys(group.tolist())) for text, group in groups}
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores, best first: argpartition finds them in O(N), then only k are sorted.
+def z_scores(scores: np.ndarray) -> np.ndarray:
+    """Each score's distance above the query's mean score over the index, in standard deviations.
 
-    Taught in notebook 07, section 1.
+    Taught in notebook 07, section 1. Scores of -inf (an item left out of the ranking) are left out of
+    the mean and spread; when every score is equal there is no spread and every z-score is 0.
     """
-    k = max(0, min(int(k), len(scores)))
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    best = np.argpartition(-scores, k - 1)[:k]
-    return best[np.argsort(-scores[best], kind="stable")]
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    spread = float(finite.std()) if len(finite) else 0.0
+    if spread == 0.0:
+        return np.where(np.isfinite(scores), 0.0, scores)
+    return (scores - finite.mean()) / spread
 
 
-def rank_of(scores: np.ndarray, row: int) -> int:
-    """1-based rank of one entry among all scores (ties count in its favour)."""
-    return int(np.sum(scores > scores[row])) + 1
+def stand_out_z(n: int, chance: float = STAND_OUT_CHANCE) -> float:
+    """The z-score that the best of ``n`` scores drawn from a normal distribution exceeds with probability ``chance``.
+
+    Taught in notebook 07, section 1. A hit above it stands out: chance alone puts the best of n random
+    scores there only once in 20 (1 - Phi(z)^n = chance, so z = Phi^-1((1 - chance)^(1/n))). It grows with
+    n (2.9 for 32 clips, 3.9 for Clotho's 1,045): the more clips, the higher the best one lands by luck.
+    """
+    return NormalDist().inv_cdf((1.0 - chance) ** (1.0 / max(1, n)))
 
 
 @dataclass
 class Hit:
-    """One result row: a clip (or a caption) with its rank and score."""
+    """One result row: a clip (or a caption) with its rank, score and how that score stands among all the scores."""
 
     rank: int
     score: float
@@ -116,6 +133,8 @@ class Hit:
     text: str = ""  # for caption hits: the caption
     captions: list[str] = field(default_factory=list)  # for clip hits: the clip's own captions
     marked: bool = False  # the clip the query caption belongs to, or a caption of the query clip
+    z: float = 0.0  # standard deviations above the query's mean score over the index (z_scores)
+    stands_out: bool = False  # z above stand_out_z(number of items scored)
 
 
 @dataclass
@@ -129,6 +148,12 @@ class Results:
     marked_ranks: dict[str, int] = field(default_factory=dict)  # {fname: rank among all clips or captions}
     message: str = ""  # why nothing was searched (a bad query), or a note on what was
     sound: tuple[np.ndarray, int] | None = None  # an uploaded sound (samples, rate), for its player
+    clips_scored: int = 0  # how many clips were scored (the N of the stand-out rule)
+
+    @property
+    def nothing_stands_out(self) -> bool:
+        """True when clips were found but none of them stands out from the query's scores over the index."""
+        return bool(self.clips) and not any(hit.stands_out for hit in self.clips)
 
 
 class SearchEngine:
@@ -161,8 +186,9 @@ class SearchEngine:
     def index(self, split: str) -> ClipIndex:
         """The split's index (built or read from its cache the first time)."""
         if split not in self._indexes:
-            if self._build is None:
-                raise QueryError(f"No index for split {split!r}; this engine has: {', '.join(self._indexes)}.")
+            if self._build is None or split not in self.splits:
+                known = ", ".join(map(repr, self.splits or self._indexes))
+                raise QueryError(f"No split {split!r} to search: this engine searches {known}.")
             self._indexes[split] = self._build(split)
         return self._indexes[split]
 
@@ -182,23 +208,23 @@ class SearchEngine:
 
     def search(self, query: str, split: str = "evaluation", k: int = 10) -> Results:
         """Text-to-audio: the k clips closest to a description; a dataset caption's own clip is marked with its rank."""
+        k, index = _check_k(k), self.index(split)
         if message := query_problem(query):
             return Results(str(query), split, message=message)
-        index = self.index(split)
         scores = index.clip_vectors @ self.embed_query(query.strip())  # one matrix product: N cosines
-        results = Results(query, split, clips=self._clip_hits(index, scores, top_k(scores, k)))
-        # A query that is one of the split's captions: where does the clip it describes land?
+        results = Results(query, split, clips=self._clip_hits(index, scores, top_k(scores, k)), clips_scored=len(scores))
+        # A query that is one of the split's captions: where does the clip it describes land (metrics' rule)?
         owners = index.clips_described_by(query)
-        for fid in owners:
-            row = int(np.flatnonzero(index.fids == fid)[0])
-            results.marked_ranks[str(index.fnames[row])] = rank_of(scores, row)
+        rows = np.array([np.flatnonzero(index.fids == fid)[0] for fid in owners], dtype=np.int64)
+        for row, rank in zip(rows, _ranks_in(scores, rows), strict=True):
+            results.marked_ranks[str(index.fnames[row])] = int(rank)
         for hit in results.clips:
             hit.marked = hit.fid in set(owners)
         return results
 
     def more_like_clip(self, fid: str, split: str = "evaluation", k: int = 10) -> Results:
         """Audio-to-audio and audio-to-text for one clip of the split: its nearest other clips and nearest captions."""
-        index = self.index(split)
+        k, index = _check_k(k), self.index(split)
         rows = np.flatnonzero(index.fids == str(fid))
         if len(rows) == 0:
             raise QueryError(f"No clip {fid!r} in the {split} split. Pick one of its fids (engine.index(split).fids).")
@@ -207,35 +233,42 @@ class SearchEngine:
 
     def more_like_sound(self, data: bytes, name: str = "upload", split: str = "evaluation", k: int = 10) -> Results:
         """An uploaded sound file (any rate, mono or stereo) through the same front end: nearest clips and captions."""
+        k, index = _check_k(k), self.index(split)
         try:
             samples, log_mel = sound_to_log_mel(data, name, self.params)
         except QueryError as exc:
             return Results(name, split, message=str(exc))
-        results = self._sound_results(self.index(split), self.embed_log_mel(log_mel), f"sound {name}", k)
+        results = self._sound_results(index, self.embed_log_mel(log_mel), f"sound {name}", k)
         results.sound = (samples, self.params.sample_rate)
         return results
 
     # -- shared by the queries above --
 
     def _clip_hits(self, index: ClipIndex, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
+        z, needed = z_scores(scores), stand_out_z(int(np.isfinite(scores).sum()))
         return [Hit(rank, float(scores[row]), str(index.fids[row]), str(index.fnames[row]),
-                    captions=index.captions_of(str(index.fids[row])))
+                    captions=index.captions_of(str(index.fids[row])), z=float(z[row]), stands_out=bool(z[row] > needed))
                 for rank, row in enumerate(rows, start=1)]
 
     def _sound_results(self, index: ClipIndex, vector: np.ndarray, query: str, k: int, own_fid: str | None = None) -> Results:
         clip_scores = index.clip_vectors @ vector
         if own_fid is not None:  # "more like this" leaves the clip itself out (it would always come first)
             clip_scores = np.where(index.fids == own_fid, -np.inf, clip_scores)
-        rows = top_k(clip_scores, min(k, int(np.isfinite(clip_scores).sum())))
+        scored = int(np.isfinite(clip_scores).sum())
+        rows = top_k(clip_scores, min(k, scored))
         caption_scores = index.caption_vectors @ vector
+        caption_z, needed = z_scores(caption_scores), stand_out_z(len(caption_scores))
         caption_fids = index.captions["fid"].to_numpy()
         captions = [Hit(rank, float(caption_scores[row]), str(caption_fids[row]), str(index.captions["fname"].iat[row]),
-                        text=str(index.captions["raw_text"].iat[row]), marked=caption_fids[row] == own_fid)
+                        text=str(index.captions["raw_text"].iat[row]), marked=caption_fids[row] == own_fid,
+                        z=float(caption_z[row]), stands_out=bool(caption_z[row] > needed))
                     for rank, row in enumerate(top_k(caption_scores, k), start=1)]
-        results = Results(query, index.split, clips=self._clip_hits(index, clip_scores, rows), captions=captions)
+        results = Results(query, index.split, clips=self._clip_hits(index, clip_scores, rows), captions=captions,
+                          clips_scored=scored)
         if own_fid is not None:  # the ranks of the clip's own captions among all the split's captions
             own = np.flatnonzero(caption_fids == own_fid)
-            results.marked_ranks = {str(index.captions["raw_text"].iat[row]): rank_of(caption_scores, row) for row in own}
+            results.marked_ranks = {str(index.captions["raw_text"].iat[row]): int(rank)
+                                    for row, rank in zip(own, _ranks_in(caption_scores, own), strict=True)}
         return results
 
 
@@ -254,15 +287,11 @@ def query_problem(query: Any) -> str:
 def sound_to_log_mel(data: bytes, name: str, params: features.FeatureParams | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mono samples at params' rate, (T, 64) log-mel) of a sound file's bytes; QueryError when unusable.
 
-    Taught in notebook 07: uploads go through the front end the clips went through (notebook 02).
+    Taught in notebook 07, section 4: uploads go through the front end the clips went through (notebook 02).
     """
     params = params or features.FeatureParams()
-    try:
-        samples = features.load_audio(io.BytesIO(bytes(data)), params.sample_rate)
-    except Exception as exc:  # soundfile raises several types for files it cannot read
-        reason = str(getattr(exc, "error_string", None) or exc).rstrip(".")
-        raise QueryError(f"{name!r} is not a sound file this course can read (wav, flac, ogg or mp3): {reason}. "
-                         "Upload an audio file.") from None
+    decoded, rate = _decoded(data, name)
+    samples = features.resample(features.to_mono(decoded.T), rate, params.sample_rate)
     samples = samples[: int(MAX_SOUND_SECONDS * params.sample_rate)]
     log_mel = features.log_mel(samples, params.sample_rate, params)
     if len(log_mel) < MIN_FRAMES:
@@ -271,6 +300,42 @@ def sound_to_log_mel(data: bytes, name: str, params: features.FeatureParams | No
         raise QueryError(f"{name!r} lasts {seconds:.2f} s; the audio encoder needs at least {needed:.2f} s "
                          f"({MIN_FRAMES} frames of {params.hop_seconds * 1000:.0f} ms). Upload a longer sound.")
     return samples, log_mel
+
+
+# --- after the lesson: checks on what a caller passes ---------------------------------------------
+
+
+def _check_k(k: Any) -> int:
+    """``k`` as an int when it is a whole number of results >= 1; QueryError saying what to pass otherwise."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise QueryError(f"k is how many results to show, a whole number of at least 1 (e.g. k=10); got {k!r}.")
+    return int(k)
+
+
+def _ranks_in(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The 1-based ranks of items ``rows`` among one query's ``scores``, by metrics' rule (ties: the earlier item first)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return ranks_of(np.broadcast_to(scores, (len(rows), len(scores))), rows)
+
+
+def _decoded(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """((frames, channels) float32 samples, rate) of a sound file's bytes, every sample finite; QueryError if not."""
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types for files it cannot read
+        reason = str(getattr(exc, "error_string", None) or exc).rstrip(".")
+        raise QueryError(f"{name!r} is not a sound file this course can read (wav, flac, ogg or mp3): {reason}. "
+                         "Upload an audio file.") from None
+    if len(samples) == 0:
+        raise QueryError(f"{name!r} is not a sound file this course can read: it holds no audio samples. "
+                         "Upload an audio file.")
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if bad:
+        raise QueryError(f"{name!r} holds {bad} samples that are NaN or infinite (a damaged file, or floats written "
+                         "by a program that failed): it cannot be heard or searched. Export the sound again and upload it.")
+    return samples, int(rate)
 
 
 # --- the index, computed once a model and cached -----------------------------------------------
@@ -333,271 +398,3 @@ def _read_cached(path: Path, stamp: dict[str, str]) -> tuple[np.ndarray, np.ndar
             return cached["fids"].astype(str), cached["vectors"].astype(np.float32)
     except (OSError, ValueError, KeyError):
         return None
-
-
-# --- small previews: a short, low-rate excerpt and a small log-mel picture ---------------------
-
-
-def preview_wav(samples: np.ndarray, sample_rate: int, seconds: float = PREVIEW_SECONDS, rate: int = PREVIEW_RATE) -> bytes:
-    """A short 16-bit WAV excerpt at a low rate (88 kB for 4 s at 11 kHz instead of 1.4 MB for 15 s at 44.1 kHz)."""
-    import soundfile
-
-    excerpt = features.resample(np.asarray(samples[: int(seconds * sample_rate)], dtype=np.float32), sample_rate, rate)
-    peak = float(np.max(np.abs(excerpt))) if len(excerpt) else 0.0
-    buffer = io.BytesIO()
-    soundfile.write(buffer, excerpt / peak * 0.9 if peak > 0 else excerpt, rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-@lru_cache(maxsize=256)
-def clip_preview(path: str, seconds: float = PREVIEW_SECONDS, rate: int = PREVIEW_RATE) -> bytes | None:
-    """The preview of a wav file on disk (None when the file is not there, e.g. features copied without audio)."""
-    import soundfile
-
-    try:
-        info = soundfile.info(path)
-        samples, file_rate = soundfile.read(path, frames=int(seconds * info.samplerate), dtype="float32", always_2d=True)
-    except (OSError, RuntimeError):
-        return None
-    return preview_wav(features.to_mono(samples.T), file_rate, seconds, rate)
-
-
-@lru_cache(maxsize=256)
-def log_mel_png(h5_path: str, fid: str) -> bytes:
-    """A small picture of a clip's log-mel (time across, low frequencies at the bottom) as PNG bytes."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    plt.imsave(buffer, features.load_log_mel(h5_path, fid).T[::-1], cmap="magma", format="png")
-    return buffer.getvalue()
-
-
-def sound_png(log_mel: np.ndarray) -> bytes:
-    """The same picture for a log-mel in memory (an uploaded sound)."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    plt.imsave(buffer, np.asarray(log_mel).T[::-1], cmap="magma", format="png")
-    return buffer.getvalue()
-
-
-def preview_of(engine: SearchEngine, split: str, fname: str) -> bytes | None:
-    """The preview of a split's clip, from the split's audio folder (None without one)."""
-    folder = engine.audio_dirs.get(split)
-    return clip_preview(str(folder / fname)) if folder is not None else None
-
-
-# --- without widgets: printed rows and IPython players ------------------------------------------
-
-
-def show_results(engine: SearchEngine, results: Results, players: bool = True) -> None:
-    """Print a query's results as rows (with IPython.display.Audio players): for front ends without widgets.
-
-    Taught in notebook 07, section 4.
-    """
-    from IPython.display import Audio, display
-
-    for line in describe(results)[:2]:
-        print(line)
-    if results.message and not results.clips:
-        return
-    index = engine.index(results.split)
-    for hit in results.clips:
-        print(f"{hit.rank:>3}. {hit.score:+.3f}  {hit.fname}{'   <- the clip of this caption' if hit.marked else ''}")
-        for caption in hit.captions:
-            print(f"        · {caption}")
-        audio = preview_of(engine, index.split, hit.fname) if players else None
-        if audio is not None:
-            display(Audio(data=audio, rate=PREVIEW_RATE))
-    if results.captions:
-        print("nearest captions:")
-        for hit in results.captions:
-            print(f"{hit.rank:>3}. {hit.score:+.3f}  {hit.text}   ({hit.fname}){'   <- its own' if hit.marked else ''}")
-
-
-def search_and_show(engine: SearchEngine, query: str, split: str = "evaluation", k: int = 5, players: bool = True) -> Results:
-    """Search and print the rows in one call (the plain-function twin of the widget). Taught in notebook 07, section 3."""
-    results = engine.search(query, split, k)
-    show_results(engine, results, players)
-    return results
-
-
-def describe(results: Results) -> list[str]:
-    """A header line, and a line on the marked clips (or captions) and their ranks."""
-    if results.message and not results.clips:
-        return [results.message]
-    kind = "clips" if not results.captions else "clips and captions"
-    lines = [f"{results.query!r} in {results.split}: the {len(results.clips)} nearest {kind}"]
-    if results.marked_ranks and not results.captions:
-        owners = ", ".join(f"{fname} (rank {rank})" for fname, rank in results.marked_ranks.items())
-        lines.append(f"this is a caption of {owners}")
-    elif results.marked_ranks:
-        ranks = sorted(results.marked_ranks.values())
-        lines.append(f"its own captions rank {', '.join(map(str, ranks))} among the {results.split} captions")
-    return lines
-
-
-# --- uploads: ipywidgets 7 gives a dict by file name, 8 a tuple of dicts ------------------------
-
-
-def uploaded_files(value: Any) -> list[tuple[str, bytes]]:
-    """[(file name, bytes)] from a FileUpload value, in ipywidgets 8's format (a tuple of dicts with name and
-    content) or 7's ({name: {"metadata": {...}, "content": bytes}})."""
-    if isinstance(value, dict):  # ipywidgets 7
-        return [(str(name), bytes(item["content"])) for name, item in value.items()]
-    return [(str(item["name"]), bytes(item["content"])) for item in value or ()]
-
-
-# --- the widget --------------------------------------------------------------------------------
-
-
-class SearchWidget:
-    """The search UI: a query box (Enter or Search), top k, split; clip picker and upload for sounds.
-
-    Taught in notebook 07, section 2. Works with ipywidgets 7.7 (Colab) and 8.x. Display it as the last
-    expression of a cell, or with ``display(widget.ui)``. Every callback catches its own errors and
-    shows them as a message: a widget callback's traceback would otherwise vanish.
-    """
-
-    def __init__(self, engine: SearchEngine, split: str = "evaluation", k: int = 5):
-        import ipywidgets as w
-
-        self.engine, self._w, self._last = engine, w, None
-        splits = engine.splits or [split]
-        self.query = w.Text(placeholder="describe a sound, e.g. 'rain falling on a metal roof'", continuous_update=False,
-                            layout=w.Layout(width="420px"))
-        self.search_button = w.Button(description="Search", button_style="primary", icon="search")
-        self.k = w.Dropdown(options=list(TOP_K_CHOICES), value=k if k in TOP_K_CHOICES else TOP_K_CHOICES[0],
-                            description="top k", layout=w.Layout(width="140px"))
-        self.split = w.Dropdown(options=splits, value=split if split in splits else splits[0], description="split",
-                                layout=w.Layout(width="220px"))
-        self.clip = w.Dropdown(options=self._clip_options(), description="clip", layout=w.Layout(width="420px"))
-        self.more_button = w.Button(description="More like this", icon="music")
-        self.upload = w.FileUpload(accept="audio/*,.wav,.flac,.ogg,.mp3", multiple=False, description="Upload a sound")
-        self.message = w.HTML()
-        self.rows = w.VBox()
-        self.ui = w.VBox([w.HBox([self.query, self.search_button, self.k, self.split]),
-                          w.HBox([self.clip, self.more_button, self.upload]), self.message, self.rows])
-        self.results: Results | None = None
-        # Enter (continuous_update=False sends the value on Enter) or the button; k and split re-run the last query.
-        self.query.observe(lambda change: self.on_search(), names="value")
-        self.search_button.on_click(lambda button: self.on_search(force=True))
-        self.k.observe(lambda change: self._rerun(), names="value")
-        self.split.observe(self._on_split, names="value")
-        self.more_button.on_click(lambda button: self.on_more_like_clip())
-        self.upload.observe(lambda change: self.on_upload(), names="value")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.ui)
-
-    # -- callbacks (the unit tests call these directly) --
-
-    def on_search(self, force: bool = False) -> Results | None:
-        """Search for the text in the box and show the rows (skipped when nothing changed, unless forced)."""
-        return self._run(("text", self.query.value, self.split.value, self.k.value), force,
-                         lambda: self.engine.search(self.query.value, self.split.value, self.k.value))
-
-    def on_more_like_clip(self, fid: str | None = None) -> Results | None:
-        """The nearest clips and captions of the picked clip (or ``fid``)."""
-        fid = fid or self.clip.value
-        if not fid:
-            return self._show(Results("", self.split.value, message="Pick a clip first."))
-        return self._run(("clip", fid, self.split.value, self.k.value), True,
-                         lambda: self.engine.more_like_clip(fid, self.split.value, self.k.value))
-
-    def on_upload(self) -> Results | None:
-        """The nearest clips and captions of the uploaded sound; a message when it is not usable audio."""
-        files = uploaded_files(self.upload.value)
-        if not files:
-            return None
-        name, data = files[-1]
-        return self._run(("upload", name, len(data), self.split.value, self.k.value), True,
-                         lambda: self.engine.more_like_sound(data, name, self.split.value, self.k.value))
-
-    # -- drawing --
-
-    def _run(self, key: tuple, force: bool, query: Callable[[], Results]) -> Results | None:
-        if key == self._last and not force:
-            return self.results
-        self._last = key
-        try:
-            results = query()
-        except Exception as exc:  # shown, never a traceback that vanishes in a callback
-            results = Results(str(key[1]), self.split.value, message=f"Something went wrong: {exc}")
-        return self._show(results)
-
-    def _rerun(self) -> None:
-        last, self._last = self._last, None
-        if last is not None and last[0] == "text":
-            self.on_search()
-        elif last is not None and last[0] == "clip":
-            self.on_more_like_clip(last[1])
-        elif last is not None:
-            self.on_upload()
-
-    def _on_split(self, change: Any) -> None:
-        self.clip.options = self._clip_options()
-        self.clip.value = ""
-        self._rerun()
-
-    def _clip_options(self) -> list[tuple[str, str]]:
-        try:
-            index = self.engine.index(self.split.value)
-        except Exception:  # an index that cannot be built shows its error on the first search instead
-            index = None
-        if index is None:
-            return [("(pick a clip)", "")]
-        return [("(pick a clip)", "")] + sorted(zip(index.fnames.tolist(), index.fids.tolist(), strict=True))
-
-    def _show(self, results: Results) -> Results:
-        w = self._w
-        self.results = results
-        lines = describe(results)
-        style = "color:#a33" if results.message and not results.clips else ""
-        self.message.value = "<br>".join(f"<span style='{style}'>{_html(line)}</span>" for line in lines)
-        rows = []
-        if results.sound is not None:
-            rows.append(w.HBox([w.HTML("<b>your sound</b>", layout=w.Layout(width="120px")),
-                                self._player(preview_wav(*results.sound))]))
-        rows += [self._clip_row(results.split, hit) for hit in results.clips]
-        if results.captions:
-            rows.append(w.HTML("<b>nearest captions</b> (audio-to-text)"))
-            rows += [w.HTML(_caption_line(hit)) for hit in results.captions]
-        self.rows.children = rows
-        return results
-
-    def _clip_row(self, split: str, hit: Hit) -> Any:
-        w = self._w
-        index = self.engine.index(split)
-        mark = " <b style='color:#1a7f37'>&larr; the clip of this caption</b>" if hit.marked else ""
-        captions = "".join(f"<li>{_html(caption)}</li>" for caption in hit.captions)
-        text = w.HTML(f"<b>{hit.rank}.</b> <code>{hit.score:+.3f}</code> {_html(hit.fname)}{mark}"
-                      f"<ul style='margin:2px 0 0 0;font-size:90%;line-height:1.3'>{captions}</ul>",
-                      layout=w.Layout(width="470px"))
-        parts = [text]
-        audio = preview_of(self.engine, split, hit.fname)
-        parts.append(self._player(audio) if audio is not None else w.HTML("<i>no audio file</i>"))
-        if index.h5_path is not None:
-            parts.append(w.Image(value=log_mel_png(str(index.h5_path), hit.fid), format="png",
-                                 layout=w.Layout(width="160px", height="48px")))
-        more = w.Button(description="more like this", layout=w.Layout(width="120px"))
-        more.on_click(lambda button, fid=hit.fid: self.on_more_like_clip(fid))
-        parts.append(more)
-        return w.HBox(parts, layout=w.Layout(border="1px solid #9dc1ff" if hit.marked else "", align_items="center"))
-
-    def _player(self, wav: bytes) -> Any:
-        w = self._w
-        return w.Audio(value=wav, format="wav", autoplay=False, loop=False, layout=w.Layout(width="260px"))
-
-
-def _caption_line(hit: Hit) -> str:
-    mark = " <b style='color:#1a7f37'>&larr; its own caption</b>" if hit.marked else ""
-    return f"<b>{hit.rank}.</b> <code>{hit.score:+.3f}</code> {_html(hit.text)} <small>({_html(hit.fname)})</small>{mark}"
-
-
-def _html(text: str) -> str:
-    import html
-
-    return html.escape(str(text), quote=False)

@@ -28,4 +28,4 @@ if ! "$ENV/bin/python" -c "import ipywidgets, sys; sys.exit(ipywidgets.__version
 fi
 
 "$ENV/bin/python" -c "import ipywidgets; print('ipywidgets', ipywidgets.__version__, 'from', ipywidgets.__file__)"
-"$ENV/bin/python" -m pytest tests/test_search.py -q -p no:cacheprovider "$@"
+"$ENV/bin/python" -m pytest tests/test_search_widget.py -q -p no:cacheprovider "$@"
