@@ -18,6 +18,7 @@ help:
 	@echo "make lab     open JupyterLab on notebooks/"
 	@echo "make bench   run the benchmarks (tables printed, JSON saved in benchmarks/results/)"
 	@echo "make figures redraw the README's images in figures/ from the course's own code"
+	@echo "make rehearsal the clotho profile end to end, offline, at Clotho's shapes (under 10 min on 2 cores; benchmarks/results/rehearsal.json)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,10 @@ bench: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/python scripts/make_figures.py
+
+.PHONY: rehearsal
+rehearsal: $(STAMP)
+	$(BIN)/python benchmarks/rehearsal.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
