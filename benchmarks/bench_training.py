@@ -27,11 +27,11 @@ from _common import machine_info, save_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from course_lib.cnn14 import SILENCE_LOG_MEL, CNN14Encoder
-from course_lib.config import load_config
+from course_lib.config import load_config, resolve_device
 from course_lib.data import PAD_VALUES, Collate
 from course_lib.loss import infonce_loss
 from course_lib.model import DualEncoder
-from course_lib.train import autocast_dtype, pick_device, recipe_settings
+from course_lib.train import autocast_dtype, recipe_settings
 
 HOP_S = 0.02
 SHAPES = {
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per row (after one warm-up step)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = pick_device(args.device)
+    device = torch.device(resolve_device(args.device))
     steps = 1 if args.quick else args.steps
     variants = ["fp32", "autocast", "channels_last", "compile"] if device.type == "cuda" else ["fp32"]
     skipped = [] if device.type == "cuda" else ["autocast, channels_last, torch.compile and peak-FLOP fraction: skipped (no GPU)"]

@@ -19,13 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_lib.config import OUT_DIM
+from course_lib.config import HOP_SECONDS, OUT_DIM
+
+__all__ = [
+    "N_MELS", "BLOCK_CHANNELS", "MODULES_PER_BLOCK", "MIN_FRAMES", "SILENCE_LOG_MEL", "FRAMES_15_S", "init_weights",
+    "conv_block", "CNN14Encoder", "encoder_from_config", "count_parameters", "describe_blocks",
+]
 
 N_MELS = 64
 BLOCK_CHANNELS = (64, 128, 256, 512, 1024, 2048)
 MODULES_PER_BLOCK = 8  # conv, BN, ReLU, conv, BN, ReLU, AvgPool2d(2), Dropout(0.2)
 MIN_FRAMES = 2 ** len(BLOCK_CHANNELS)  # six 2x poolings: fewer frames would leave no time step
 SILENCE_LOG_MEL = float(np.log(np.spacing(1)))  # the baseline's log-mel of digital silence, about -36.04
+FRAMES_15_S = round(15 / HOP_SECONDS) + 1  # a 15 s clip (Clotho's shortest), framed with centred windows
 
 
 def init_weights(module: nn.Module) -> None:
@@ -100,8 +106,8 @@ class CNN14Encoder(nn.Module):
             if not self._warned_short:
                 warnings.warn(
                     f"A clip of {shape[1]} frames is shorter than CNN14's minimum of {MIN_FRAMES} frames "
-                    f"(~{MIN_FRAMES * 0.02:.2f} s at a 20 ms hop); it is padded on the right with the log-mel of "
-                    f"silence ({SILENCE_LOG_MEL:.2f}). This warning is shown once per encoder.",
+                    f"(~{MIN_FRAMES * HOP_SECONDS:.2f} s at a {HOP_SECONDS * 1000:g} ms hop); it is padded on the right with "
+                    f"the log-mel of silence ({SILENCE_LOG_MEL:.2f}). This warning is shown once per encoder.",
                     stacklevel=2,
                 )
                 self._warned_short = True
@@ -127,12 +133,11 @@ class CNN14Encoder(nn.Module):
 
 
 def encoder_from_config(cfg: Any) -> CNN14Encoder:
-    """The profile's encoder: width from cfg.settings['audio_encoder'], out_dim from the baseline.
+    """The profile's encoder: width from cfg.settings['audio_encoder'], the baseline's out_dim (config.OUT_DIM).
 
     Taught in notebook 03, section 4 (first used in section 3).
     """
-    out_dim = cfg.baseline["DualEncoderModel"]["audio_enc"]["out_dim"]
-    return CNN14Encoder(out_dim=out_dim, width=cfg.settings["audio_encoder"]["width"])
+    return CNN14Encoder(out_dim=OUT_DIM, width=cfg.settings["audio_encoder"]["width"])
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -144,7 +149,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def describe_blocks(encoder: CNN14Encoder, frames: int | torch.Tensor = 751) -> list[dict[str, Any]]:
+def describe_blocks(encoder: CNN14Encoder, frames: int | torch.Tensor = FRAMES_15_S) -> list[dict[str, Any]]:
     """Stage by stage: name, output shape and parameters, for one clip of ``frames`` frames (or a given batch).
 
     Taught in notebook 03, section 2.

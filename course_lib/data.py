@@ -14,6 +14,10 @@ In the log domain of these features 0.0 is not silence but a loud value (digital
 
 Features are preloaded into memory when the HDF5 file fits comfortably; otherwise each item is read
 from the file, with one h5py handle per DataLoader worker (a handle cannot be shared across processes).
+Either way a clip holding NaN or impossible values is refused, naming the clip and the file. In
+training, ``reseed`` keys each epoch's random draws (the caption of a clip, the crop) to the run's
+seed, the epoch and the item, so worker processes draw what the main process would: preloaded and
+streamed features give the same numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ from course_lib.cnn14 import SILENCE_LOG_MEL
 from course_lib.config import Config
 from course_lib.features import REBUILD_FEATURES, check_log_mel, features_path
 from course_lib.text import load_caption_embeddings
+
+__all__ = [
+    "PAD_VALUES", "SAMPLINGS", "SplitData", "FeatureStore", "CaptionDataset", "ClipDataset", "make_dataset", "random_crop",
+    "pad_batch", "Collate", "reseed", "draws", "load_split", "load_all",
+]
 
 PAD_VALUES = {"zero": 0.0, "silence": SILENCE_LOG_MEL}
 SAMPLINGS = ("caption", "clip")
@@ -67,7 +76,7 @@ class FeatureStore:
             return self._clips[fid]
         if self._pid != os.getpid():  # first read in this process (a new DataLoader worker): open our own handle
             self._handle, self._pid = h5py.File(self.h5_path, "r"), os.getpid()
-        return self._handle[fid][()]
+        return check_log_mel(np.asarray(self._handle[fid][()], dtype=np.float32), fid, self.h5_path)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None, "_pid": None}  # workers open their own handle
@@ -79,6 +88,7 @@ class CaptionDataset(Dataset):
     def __init__(self, split: SplitData, store: FeatureStore):
         self.split, self.store = split, store
         self.clip_index = {fid: index for index, fid in enumerate(split.clip_fids)}
+        self.draw_key: tuple[int, ...] | None = None  # set by reseed: (seed, epoch); None draws from torch's generator
 
     def __len__(self) -> int:
         return len(self.split.fids)
@@ -102,7 +112,8 @@ class ClipDataset(CaptionDataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         rows = self.caption_rows[k]
-        return super().__getitem__(int(rows[torch.randint(len(rows), ()).item()]))
+        generator = draws(*self.draw_key, k) if self.draw_key is not None else None
+        return super().__getitem__(int(rows[torch.randint(len(rows), (), generator=generator).item()]))
 
 
 def make_dataset(split: SplitData, sampling: str, preload: bool | None = None) -> CaptionDataset:
@@ -113,11 +124,13 @@ def make_dataset(split: SplitData, sampling: str, preload: bool | None = None) -
     return CaptionDataset(split, store) if sampling == "caption" else ClipDataset(split, store)
 
 
-def random_crop(log_mel: torch.Tensor, frames: int, pad_value: float) -> torch.Tensor:
-    """A random window of ``frames`` frames (torch's generator); a shorter clip is right-padded to ``frames``."""
+def random_crop(
+    log_mel: torch.Tensor, frames: int, pad_value: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A random window of ``frames`` frames (from ``generator``, default torch's); a shorter clip is right-padded."""
     if len(log_mel) <= frames:
         return pad_batch([log_mel], pad_value, frames)[0]
-    start = int(torch.randint(len(log_mel) - frames + 1, ()).item())
+    start = int(torch.randint(len(log_mel) - frames + 1, (), generator=generator).item())
     return log_mel[start : start + frames]
 
 
@@ -138,12 +151,24 @@ class Collate:
 
     def __init__(self, crop_frames: int | None = None, pad_value: float = 0.0):
         self.crop_frames, self.pad_value = crop_frames, float(pad_value)
+        self.draw_key: tuple[int, ...] | None = None  # set by reseed: (seed, epoch); None draws from torch's generator
 
     def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         clips, vectors, clip_ids = zip(*items, strict=True)
         if self.crop_frames:
-            clips = [random_crop(clip, self.crop_frames, self.pad_value) for clip in clips]
+            generator = draws(*self.draw_key, *clip_ids) if self.draw_key is not None else None
+            clips = [random_crop(clip, self.crop_frames, self.pad_value, generator) for clip in clips]
         return pad_batch(list(clips), self.pad_value), torch.stack(vectors), torch.tensor(clip_ids)
+
+
+def reseed(dataset: CaptionDataset, collate: Collate, seed: int, epoch: int) -> None:
+    """Key an epoch's random draws to (seed, epoch, item): DataLoader workers then draw what the main process would."""
+    dataset.draw_key = collate.draw_key = (int(seed), int(epoch))
+
+
+def draws(*key: int) -> torch.Generator:
+    """A torch generator seeded from whole numbers ``key`` (seed, epoch, item): the same draws in every process."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0]))
 
 
 # --- reading a split ---------------------------------------------------------------------------

@@ -10,10 +10,14 @@ Parameter names keep the baseline's prefixes (``audio_enc.*``, ``text_enc.fc.*``
 text_enc also stored the frozen SBERT table as ``text_enc.embedding.weight``; here the caption
 vectors are read from the embeddings file instead, so that key is absent (load a released
 checkpoint with ``strict=False`` and check that only it is left over).
+
+A trained model is read back from its run's best.pt through ``course_lib.checkpoints.load_checkpoint``
+(``weights_only=True``, fingerprint checked), the one way the course reads its checkpoints.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.checkpoints import CheckpointError, differences, load_checkpoint
 from course_lib.cnn14 import CNN14Encoder
 from course_lib.config import OUT_DIM, Config
 from course_lib.features import REBUILD_FEATURES, check_log_mel
+from course_lib.text_cache import caption_embeddings_path
+
+__all__ = [
+    "TextProjection", "DualEncoder", "embed_clips", "embed_captions", "load_trained_model", "run_dir_for",
+    "best_checkpoint_path", "model_from_identity",
+]
 
 
 class TextProjection(nn.Module):
@@ -96,20 +107,23 @@ def embed_captions(model: DualEncoder, vectors: np.ndarray, batch_size: int = 40
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.text_enc.fc.out_features), dtype=np.float32)
 
 
-def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu") -> DualEncoder:
+def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu", cfg: Config | None = None) -> DualEncoder:
     """The trained DualEncoder (eval mode) from a checkpoint file, or the profile's best one for a Config.
 
-    Taught in notebook 05, section 7.
+    Taught in notebook 05, section 7. With a Config (first argument, or ``cfg``) a checkpoint made for
+    another setup of the profile (encoder width, output size, text model) is refused.
     """
     if isinstance(cfg_or_checkpoint_path, str | Path):
         path = Path(cfg_or_checkpoint_path)
     else:
-        path = best_checkpoint_path(cfg_or_checkpoint_path)
+        cfg = cfg_or_checkpoint_path
+        path = best_checkpoint_path(cfg)
     if not path.is_file():
         raise FileNotFoundError(f"No trained model at {path}. Train one with course_lib.train.ensure_trained(cfg) (notebook 05).")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = model_from_identity(checkpoint["identity"])
-    model.load_state_dict(checkpoint["model"])
+    checkpoint = load_checkpoint(path)
+    if cfg is not None:
+        _check_profile(path, checkpoint["identity"], cfg)
+    model = _model_for(path, checkpoint)
     return model.to(device).eval()
 
 
@@ -130,6 +144,50 @@ def model_from_identity(identity: dict[str, Any]) -> DualEncoder:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def _check_profile(path: Path, identity: dict[str, Any], cfg: Config) -> None:
+    """Refuse a checkpoint whose encoder width, output size, text model or caption-vector size is not the profile's."""
+    wanted = {"width": float(cfg.settings["audio_encoder"]["width"]), "out_dim": OUT_DIM}
+    if "text_model" in identity:
+        wanted["text_model"] = str(cfg.settings["text_model"])
+    if (text_dim := _caption_vector_size(cfg)) is not None:
+        wanted["text_dim"] = text_dim
+    changed = differences({key: identity.get(key) for key in wanted}, wanted)
+    if changed:
+        raise CheckpointError(
+            f"Checkpoint {path} was made for another setup than profile {cfg.profile!r}:\n  " + "\n  ".join(changed)
+            + "\nTrain this profile's model with course_lib.train.ensure_trained(cfg) (notebook 05), after deleting "
+            f"{path.parent} if it holds that other run."
+        )
+
+
+def _caption_vector_size(cfg: Config) -> int | None:
+    """The size of the profile's caption vectors, from its embeddings file's identity (None when there is none yet)."""
+    try:
+        with np.load(caption_embeddings_path(cfg), allow_pickle=False) as stored:
+            return int(json.loads(str(stored["identity"]))["dimension"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _model_for(path: Path, checkpoint: dict[str, Any]) -> DualEncoder:
+    """The model a checkpoint's identity describes, with its weights; shapes are compared before any memory is taken."""
+    try:
+        with torch.device("meta"):  # sizes only: a checkpoint naming an absurd width allocates nothing
+            skeleton = model_from_identity(checkpoint["identity"]).state_dict()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint {path} has an incomplete run identity ({exc!r}). Train the model again.") from None
+    state = checkpoint["model"]
+    wrong = [f"{key}: {tuple(state[key].shape) if key in state else 'missing'} in the file, {tuple(value.shape)} wanted"
+             for key, value in skeleton.items() if key not in state or state[key].shape != value.shape]
+    wrong += [f"{key}: in the file, not in the model" for key in state if key not in skeleton]
+    if wrong:
+        raise CheckpointError(f"Checkpoint {path} does not fit the model its identity describes: " + "; ".join(wrong[:3])
+                              + ". Train the model again.")
+    model = model_from_identity(checkpoint["identity"])
+    model.load_state_dict(state)
+    return model
 
 
 def _read_clip(h5: h5py.File, fid: str, h5_path: str | Path) -> np.ndarray:

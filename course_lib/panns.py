@@ -210,7 +210,6 @@ def ensure_pretrained_encoder(
     Taught in notebook 03, section 5.
     """
     settings = cfg.settings["audio_encoder"]
-    out_dim = cfg.baseline["DualEncoderModel"]["audio_enc"]["out_dim"]
     if not settings["pretrained"] or settings["width"] != 1.0:
         reason = "sets pretrained: false" if not settings["pretrained"] else "asks for PANNs weights, made only at width 1"
         status = (
@@ -219,10 +218,10 @@ def ensure_pretrained_encoder(
         )
         print(status)
         return encoder_from_config(cfg), status
-    saved = Path(cfg.models_dir) / f"CNN14_{out_dim}.pth"
+    saved = Path(cfg.models_dir) / f"CNN14_{OUT_DIM}.pth"
     if saved.is_file():
         try:
-            encoder = load_encoder_weights(CNN14Encoder(out_dim=out_dim), saved)
+            encoder = load_encoder_weights(CNN14Encoder(out_dim=OUT_DIM), saved)
             status = f"Loaded the PANNs-initialised encoder from {saved}."
             print(status)
             return encoder, status
@@ -235,8 +234,8 @@ def ensure_pretrained_encoder(
                   f"{url} by hand ({PANNS_BYTES / 1e6:.0f} MB, md5 {PANNS_MD5}) and save it as "
                   f"{Path(cfg.downloads_dir) / PANNS_FILENAME}: the next run checks its md5 and transfers it.")
         print(status)
-        return CNN14Encoder(out_dim=out_dim), status
-    encoder, report = transfer_panns(checkpoint, out_dim=out_dim)
+        return CNN14Encoder(out_dim=OUT_DIM), status
+    encoder, report = transfer_panns(checkpoint, out_dim=OUT_DIM)
     save_transferred_encoder(encoder, saved)
     status = f"Transferred PANNs Cnn14 into the encoder and saved it as {saved}.\n{report}"
     print(status)

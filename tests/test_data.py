@@ -1,4 +1,4 @@
-"""course_lib.data: caption- and clip-level sampling, padding and crops, preloading and per-worker reading."""
+"""course_lib.data: caption- and clip-level sampling, padding and crops, preloading and per-worker reading, seeded draws."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from tiny import write_tiny_split
 from torch.utils.data import DataLoader
 
 from course_lib.cnn14 import SILENCE_LOG_MEL
-from course_lib.data import Collate, FeatureStore, SplitData, load_all, make_dataset, pad_batch, random_crop
+from course_lib.data import Collate, FeatureStore, SplitData, load_all, make_dataset, pad_batch, random_crop, reseed
+from course_lib.features import FeatureExtractionError
 
 
 @pytest.fixture()
@@ -97,3 +98,29 @@ def test_preloaded_and_per_item_reading_agree_also_in_workers(split: SplitData) 
 def test_missing_clip_is_named(split: SplitData) -> None:
     with pytest.raises(KeyError, match="nope"):
         load_all(split.h5_path, ["nope"])
+
+
+def test_a_streamed_clip_holding_nan_is_named_with_its_file_also_in_a_worker(split: SplitData) -> None:
+    with h5py.File(split.h5_path, "a") as h5:
+        h5["dev002"][3, 5] = np.nan
+    with pytest.raises(FeatureExtractionError, match=f"'dev002' in {split.h5_path}"):
+        FeatureStore(split.h5_path, split.clip_fids, preload=False)["dev002"]
+    loader = DataLoader(make_dataset(split, "caption", preload=False), batch_size=6, num_workers=2,
+                        collate_fn=Collate(None, 0.0))
+    with pytest.raises(FeatureExtractionError, match=f"'dev002' in {split.h5_path}"):
+        list(loader)
+
+
+def test_reseeded_draws_are_the_same_in_worker_processes_and_change_with_the_epoch(split: SplitData) -> None:
+    """Clip sampling draws a caption, crops draw a window: keyed to (seed, epoch, item), not to the process."""
+
+    def epoch(workers: int, number: int) -> list[torch.Tensor]:
+        dataset, collate = make_dataset(split, "clip", preload=workers == 0), Collate(64, SILENCE_LOG_MEL)
+        reseed(dataset, collate, seed=0, epoch=number)
+        loader = DataLoader(dataset, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(0),
+                            collate_fn=collate, num_workers=workers)
+        return [tensor for batch in loader for tensor in batch]
+
+    in_process = epoch(0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(in_process, epoch(2, 1), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(in_process, epoch(0, 2), strict=True))

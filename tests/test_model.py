@@ -1,4 +1,4 @@
-"""course_lib.model: the dual encoder's names, shapes and unit outputs; clip and caption embedding; loading."""
+"""course_lib.model: the dual encoder's names, shapes and unit outputs; clip and caption embedding; loading and refusing."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import write_tiny_split
+from tiny import write_tiny_profile, write_tiny_split
 
+from course_lib.checkpoints import CheckpointError, save_checkpoint
 from course_lib.cnn14 import CNN14Encoder
-from course_lib.model import DualEncoder, embed_captions, embed_clips, load_trained_model
+from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, embed_clips, load_trained_model
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,27 @@ def test_embed_captions_is_the_text_branch(model: DualEncoder) -> None:
 def test_loading_a_missing_checkpoint_says_how_to_train(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="ensure_trained"):
         load_trained_model(tmp_path / "best.pt")
+
+
+def test_a_checkpoint_that_does_not_fit_its_identity_is_refused_before_taking_memory(tmp_path: Path, model: DualEncoder) -> None:
+    """An identity naming a CNN14 of width 1000 (a 2-million-channel network): compared on the meta device, refused."""
+    identity = {"out_dim": 300, "width": 1000.0, "text_dim": 16, "pad_value": 0.0}
+    path = save_checkpoint({"model": model.state_dict(), "identity": identity}, tmp_path / "best.pt")
+    wanted = r"does not fit the model its identity describes: audio_enc\.cnn\.0\.weight: \(8, 1, 3, 3\) in the file, \(64000, "
+    with pytest.raises(CheckpointError, match=wanted):
+        load_trained_model(path)
+    fitting = save_checkpoint({"model": model.state_dict(), "identity": {**identity, "width": 0.125}}, tmp_path / "ok.pt")
+    loaded = load_trained_model(fitting)
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in loaded.state_dict().items())
+
+
+def test_with_a_config_a_checkpoint_of_another_setup_is_refused(tmp_path: Path) -> None:
+    """The profile's caption vectors are 16-d: a model with a 32-d text side would fail at the first search."""
+    cfg = write_tiny_profile(tmp_path)
+    torch.manual_seed(0)
+    foreign = DualEncoder(CNN14Encoder(300, 0.125), text_dim=32)
+    identity = {"out_dim": 300, "width": 0.125, "text_dim": 32, "pad_value": 0.0, "text_model": cfg.settings["text_model"]}
+    path = save_checkpoint({"model": foreign.state_dict(), "identity": identity}, best_checkpoint_path(cfg))
+    with pytest.raises(CheckpointError, match=f"{path} was made for another setup.*\n  text_dim: checkpoint 32, now 16"):
+        load_trained_model(cfg)
+    assert load_trained_model(path).text_enc.fc.in_features == 32  # by its path alone, it is what it says it is

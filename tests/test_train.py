@@ -1,4 +1,4 @@
-"""course_lib.train: the loop's checkpoints, exact resume after a hard kill, refusals, stopping rules.
+"""course_lib.train: the loop's checkpoints, exact resume after a hard kill, refusals, stopping rules, validation.
 
 Everything runs on tiny random data (write_tiny_split) with a CNN14 of width 0.125 and a few epochs;
 the kill tests start real training processes and end them with SIGKILL between and within epochs.
@@ -15,25 +15,30 @@ import sys
 import textwrap
 from pathlib import Path
 
+import h5py
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-import yaml
-from tiny import TINY_RECIPE, tiny_run, write_tiny_split
+from tiny import TINY_RECIPE, tiny_run, write_course_yaml, write_tiny_profile
 
+from course_lib import data as data_module
+from course_lib import metrics
 from course_lib import train as train_module
-from course_lib.config import BASELINE_YAML, load_config
-from course_lib.model import embed_clips, load_trained_model
+from course_lib.checkpoints import CheckpointError, load_checkpoint, run_identity
+from course_lib.config import load_config, resolve_device
+from course_lib.data import load_split
+from course_lib.features import FeatureExtractionError
+from course_lib.model import embed_captions, embed_clips, load_trained_model, run_dir_for
 from course_lib.train import (
+    Step,
     TrainingError,
     autocast_dtype,
     ensure_trained,
     fit,
-    pick_device,
     plateau_reached,
     read_history,
     recipe_settings,
+    validate,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +84,7 @@ def run_training(tmp_path: Path, run_dir: Path, kill: str = "none") -> int:
 
 
 def checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_checkpoint(path)
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -120,7 +125,7 @@ def test_history_best_checkpoint_and_finished_run(tmp_path: Path) -> None:
     saved = checkpoint(best)
     assert saved["epoch"] == int(history["epoch"][history["val_loss"].idxmin()])
     last = checkpoint(tmp_path / "run" / "last.pt")
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "fingerprint"} <= set(last)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "identity", "fingerprint"} <= set(last)
     assert last["finished"]
     # A finished run is not trained again.
     again = fit(model, train_split, val_split, recipe, tmp_path / "run", identity, device="cpu", verbose=False)
@@ -137,11 +142,11 @@ def test_resuming_another_setup_is_refused_naming_what_differs(tmp_path: Path, c
     other = {**identity, **{k: v for k, v in change.items() if k != "settings"}}
     if "settings" in change:
         other["settings"] = {**identity["settings"], **change["settings"]}
-    with pytest.raises(TrainingError, match=named.replace(".", r"\.")):
+    with pytest.raises(CheckpointError, match=named.replace(".", r"\.")):
         fit(model, train_split, val_split, {**recipe, "max_epochs": 2}, tmp_path / "run", other, device="cpu", verbose=False)
 
 
-def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+def test_a_non_finite_loss_stops_naming_the_batch_and_advice_that_works(tmp_path: Path, monkeypatch) -> None:
     model, train_split, val_split, recipe, identity = tiny_run(tmp_path / "data", {**TINY_RECIPE, "max_epochs": 3})
     real_loss, calls = train_module.infonce_loss, []
 
@@ -149,15 +154,92 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Pa
         loss = real_loss(audio, text, clip_ids, temperature)
         if torch.is_grad_enabled():
             calls.append(1)
-            if len(calls) > 4:  # from the second update of epoch 2 on
+            if len(calls) > 4:  # 3 batches an epoch: from the second batch of epoch 2 on
                 return loss * float("nan")
         return loss
 
     monkeypatch.setattr(train_module, "infonce_loss", loss_that_breaks)
-    with pytest.raises(TrainingError, match="nan in epoch 2.*last.pt"):
+    with pytest.raises(TrainingError, match=r"nan in epoch 2 \(batch 2 of 3\).*last.pt \(epoch 1\)") as stopped:
         fit(model, train_split, val_split, recipe, tmp_path / "run", identity, device="cpu", verbose=False)
     last = checkpoint(tmp_path / "run" / "last.pt")
     assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    # The advice: a lower lr is another setup, refused by the old folder, trained in a new one.
+    assert "new run folder" in str(stopped.value)
+    monkeypatch.setattr(train_module, "infonce_loss", real_loss)
+    lower = {**recipe, "lr": 1e-4}
+    lower_identity = run_identity("tiny", lower, 0, 0.125, 300, "random-16d", 16, False, train_split)
+    with pytest.raises(CheckpointError, match=r"settings\.lr"):
+        fit(model, train_split, val_split, lower, tmp_path / "run", lower_identity, device="cpu", verbose=False)
+    fit(model, train_split, val_split, lower, tmp_path / "new", lower_identity, device="cpu", verbose=False)
+    assert checkpoint(tmp_path / "new" / "last.pt")["finished"]
+
+
+def test_non_finite_weights_first_seen_in_validation_stop_with_the_epoch(tmp_path: Path, monkeypatch) -> None:
+    """The last update of epoch 1 leaves NaN weights (its loss was finite): validation stops, naming the epoch."""
+    model, train_split, val_split, recipe, identity = tiny_run(tmp_path / "data", {**TINY_RECIPE, "max_epochs": 2})
+    original, steps = torch.optim.Adam.step, [0]
+
+    def step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        steps[0] += 1
+        if steps[0] == 3:  # the last of epoch 1's three updates
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    with pytest.raises(TrainingError, match="validation of epoch 1.*last.pt \\(epoch 0\\)"):
+        fit(model, train_split, val_split, recipe, tmp_path / "run", identity, device="cpu", verbose=False)
+    assert checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
+
+
+def test_nan_in_a_streamed_feature_file_names_the_clip_and_the_file(tmp_path: Path, monkeypatch) -> None:
+    """Features read from disk by DataLoader workers (a file too large to preload): the damaged clip is named."""
+    model, train_split, val_split, recipe, identity = tiny_run(tmp_path / "data", {**TINY_RECIPE, "max_epochs": 1})
+    with h5py.File(train_split.h5_path, "a") as h5:
+        values = h5["dev003"][()]
+        values[5, 7] = np.nan
+        h5["dev003"][...] = values
+    monkeypatch.setattr(data_module, "_fits_in_memory", lambda *args, **kwargs: False)
+    with pytest.raises(FeatureExtractionError, match=f"'dev003' in {train_split.h5_path}"):
+        fit(model, train_split, val_split, recipe, tmp_path / "run", identity, device="cpu", verbose=False)
+
+
+def test_preloaded_and_streamed_features_give_the_same_numbers(tmp_path: Path, monkeypatch) -> None:
+    """Clip sampling and random crops: with features read by two worker processes, the same seed trains the same model."""
+    model, train_split, val_split, recipe, identity = tiny_run(tmp_path / "data", {**TINY_RECIPE, "max_epochs": 2})
+    fit(model, train_split, val_split, recipe, tmp_path / "preloaded", identity, device="cpu", verbose=False)
+    monkeypatch.setattr(data_module, "_fits_in_memory", lambda *args, **kwargs: False)
+    model = tiny_run(tmp_path / "data", recipe)[0]
+    fit(model, train_split, val_split, recipe, tmp_path / "streamed", identity, device="cpu", verbose=False)
+    preloaded, streamed = checkpoint(tmp_path / "preloaded" / "last.pt"), checkpoint(tmp_path / "streamed" / "last.pt")
+    assert [row["train_loss"] for row in streamed["history"]][1:] == [row["train_loss"] for row in preloaded["history"]][1:]
+    assert_same_weights(streamed["model"], preloaded["model"])
+
+
+def test_validation_map_is_evaluations_map_on_whole_clips(tmp_path: Path) -> None:
+    """validate embeds each clip once, whole and unpadded (embed_clips), as evaluation does."""
+    model, _, val_split, _, _ = tiny_run(tmp_path / "data")
+    model.eval()
+    step = Step(torch.device("cpu"), 0.07, None, torch.amp.GradScaler("cpu", enabled=False))
+    batches = [np.arange(0, 5), np.arange(5, len(val_split.fids))]
+    loss, map10 = validate(model, val_split, batches, step)
+    clips, captions = list(val_split.clip_fids), embed_captions(model, val_split.vectors)
+    audio = embed_clips(model, val_split.h5_path, clips)
+    assert map10 == metrics.text_to_audio(metrics.score_matrix(captions, audio), val_split.fids, clips).means["mAP@10"]
+    clip_of = np.array([clips.index(fid) for fid in val_split.fids])
+    expected = [train_module.infonce_loss(torch.from_numpy(audio[clip_of[rows]]), torch.from_numpy(captions[rows]),
+                                          torch.from_numpy(clip_of[rows])).item() for rows in batches]
+    assert loss == pytest.approx(np.average(expected, weights=[5, len(val_split.fids) - 5]), rel=1e-6)
+
+
+def test_raising_max_epochs_continues_a_finished_run(tmp_path: Path) -> None:
+    model, train_split, val_split, recipe, identity = tiny_run(tmp_path / "data", {**TINY_RECIPE, "max_epochs": 1})
+    fit(model, train_split, val_split, recipe, tmp_path / "run", identity, device="cpu", verbose=False)
+    assert checkpoint(tmp_path / "run" / "last.pt")["finished"]
+    fit(model, train_split, val_split, {**recipe, "max_epochs": 2}, tmp_path / "run", identity, device="cpu", verbose=False)
+    assert list(read_history(tmp_path / "run")["epoch"]) == [0, 1, 2]
+    assert checkpoint(tmp_path / "run" / "last.pt")["finished"]
 
 
 def test_baseline_recipe_mirrors_the_baseline_conf() -> None:
@@ -187,38 +269,52 @@ def test_plateau_stop_needs_the_grace_period_and_a_flat_tail() -> None:
     assert not plateau_reached(flat[:-10] + [4.5, 4.49] * 5, rule)  # std 0.005
 
 
-def test_device_and_precision_choice() -> None:
-    assert pick_device("cpu").type == "cpu"
+def test_device_and_precision_choice(monkeypatch) -> None:
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == "mps"  # CUDA, then Apple's GPU, then the CPU
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device(torch.device("cpu")) == "cpu"
+    assert not hasattr(train_module, "pick_device")  # one device rule, in config
     assert autocast_dtype(torch.device("cpu")) is None
     assert autocast_dtype(torch.device("cuda"), mixed_precision=False) is None
 
 
-def test_ensure_trained_trains_once_then_reuses(tmp_path: Path, monkeypatch) -> None:
+def test_ensure_trained_trains_once_then_reuses(tmp_path: Path, capsys) -> None:
     """A tiny profile on disk (tables, HDF5, embeddings in the stages' formats); ensure_trained trains, then reuses."""
-    from course_lib.text_cache import EmbeddingCache, caption_embeddings_path, write_cache
-
-    settings = yaml.safe_load(BASELINE_YAML.read_text(encoding="utf-8"))
-    settings["training"]["tiny"] = {**TINY_RECIPE, "max_epochs": 1}
-    settings["profiles"]["synthetic"]["training_recipe"] = "tiny"
-    (tmp_path / "course.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
-    monkeypatch.setenv("COURSE_CONFIG", str(tmp_path / "course.yaml"))
-    cfg = load_config("synthetic", data_root=tmp_path / "root", yaml_path=tmp_path / "course.yaml")
-    splits = {"development": write_tiny_split(cfg.prepared_dir, "development_audio_logmels", clips=8, seed=0),
-              "validation": write_tiny_split(cfg.prepared_dir, "validation_audio_logmels", clips=4, seed=1)}
-    tids, vectors = [], []
-    for split, data in splits.items():
-        pd.DataFrame({"tid": data.tids, "fid": data.fids, "fname": data.fids, "raw_text": data.tids, "text": data.tids,
-                      "tokens": "[]"}).to_csv(cfg.prepared_dir / f"{split}_text.csv", index=False)
-        tids += list(data.tids)
-        vectors.append(data.vectors)
-    vectors = np.concatenate(vectors)
-    write_cache(caption_embeddings_path(cfg), EmbeddingCache(tids, tids, vectors, {"dimension": 16}))
+    cfg = write_tiny_profile(tmp_path)
     best = ensure_trained(cfg, verbose=False)
     assert best.is_file() and best.parent.name == "tiny"
     stamp = best.stat().st_mtime_ns
-    assert ensure_trained(cfg, verbose=False) == best and best.stat().st_mtime_ns == stamp
+    assert ensure_trained(cfg) == best and best.stat().st_mtime_ns == stamp
+    assert "Reusing the trained model" in capsys.readouterr().out
     model = load_trained_model(cfg)
     assert not model.training and model.audio_enc.width == 0.125
-    fids = list(splits["validation"].clip_fids)
-    clips = embed_clips(model, splits["validation"].h5_path, fids, batch_size=3)
-    assert clips.shape == (4, 300)
+    validation = load_split(cfg, "validation")
+    assert embed_clips(model, validation.h5_path, list(validation.clip_fids), batch_size=3).shape == (4, 300)
+
+
+def test_ensure_trained_continues_a_run_asked_for_more_epochs_unless_the_plateau_stopped_it(tmp_path: Path, capsys) -> None:
+    cfg = write_tiny_profile(tmp_path)
+    ensure_trained(cfg, verbose=False)
+    more = write_course_yaml(tmp_path / "more.yaml", {"tiny": {**TINY_RECIPE, "max_epochs": 2}}, "tiny")
+    ensure_trained(load_config("synthetic", data_root=cfg.data_root, yaml_path=more), verbose=False)
+    assert list(read_history(run_dir_for(cfg))["epoch"]) == [0, 1, 2]
+    # A run the plateau rule stopped is done, whatever max_epochs says.
+    flat = {**TINY_RECIPE, "max_epochs": 5, "plateau_stop": {"std": 100.0, "num_results": 2, "grace_period": 2}}
+    stopped = load_config("synthetic", data_root=cfg.data_root, yaml_path=write_course_yaml(tmp_path / "flat.yaml",
+                                                                                            {"flat": flat}, "flat"))
+    ensure_trained(stopped, verbose=False)
+    assert list(read_history(run_dir_for(stopped))["epoch"]) == [0, 1]
+    capsys.readouterr()
+    ensure_trained(stopped)
+    assert "Reusing the trained model" in capsys.readouterr().out
+
+
+def test_a_yaml_number_written_1e6_is_a_number(tmp_path: Path) -> None:
+    """PyYAML reads 1e6 (no dot, no sign in the exponent) as text; the course reads it as the number it means."""
+    path = write_course_yaml(tmp_path / "course.yaml", {"tiny": TINY_RECIPE}, "tiny")
+    path.write_text(path.read_text().replace("lr: 0.001", "lr: 1e6").replace("weight_decay: 0.0", "weight_decay: 1e-5"))
+    tiny = recipe_settings(load_config("synthetic", data_root=tmp_path / "root", yaml_path=path), "tiny")[1]
+    assert tiny["lr"] == 1e6 and isinstance(tiny["lr"], float) and tiny["weight_decay"] == 1e-5

@@ -1,4 +1,5 @@
-"""Tiny random data and a tiny training run, shared by the data, model and training tests (not a test module)."""
+"""Tiny random data, a tiny training run and tiny profiles, shared by the data, model, training and trust tests
+(not a test module)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import torch
+import yaml
 
+from course_lib.checkpoints import run_identity
 from course_lib.cnn14 import CNN14Encoder
+from course_lib.config import BASELINE_YAML, Config, load_config
 from course_lib.data import SplitData
 from course_lib.model import DualEncoder
-from course_lib.train import run_identity
+from course_lib.pipeline import prepare
+from course_lib.text_cache import EmbeddingCache, caption_embeddings_path, write_cache
 
 
 def write_tiny_split(
@@ -54,3 +60,57 @@ def tiny_run(folder: Path, recipe: dict | None = None, width: float = 0.125):
     identity = run_identity("tiny", recipe, 0, width, 300, "random-16d", 16, False, train_split)
     torch.manual_seed(0)
     return DualEncoder(CNN14Encoder(300, width), 16), train_split, val_split, recipe, identity
+
+
+def write_course_yaml(path: Path, recipes: dict[str, dict], default: str | None, synth: dict | None = None) -> Path:
+    """The course's baseline.yaml with extra training recipes, ``default`` as the synthetic profile's recipe."""
+    settings = yaml.safe_load(BASELINE_YAML.read_text(encoding="utf-8"))
+    settings["training"].update(recipes)
+    if default is not None:
+        settings["profiles"]["synthetic"]["training_recipe"] = default
+    if synth is not None:
+        settings["profiles"]["synthetic"]["synth"] = synth
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+def write_tiny_profile(folder: Path, recipe: dict | None = None) -> Config:
+    """A synthetic profile whose prepared files (caption tables, HDF5 log-mels, 16-d caption embeddings) are written
+    directly in the stages' formats, with recipe "tiny" (TINY_RECIPE, one epoch) as its default."""
+    yaml_path = write_course_yaml(folder / "course.yaml", {"tiny": {**TINY_RECIPE, "max_epochs": 1, **(recipe or {})}}, "tiny")
+    cfg = load_config("synthetic", data_root=folder / "root", yaml_path=yaml_path)
+    splits = {"development": write_tiny_split(cfg.prepared_dir, "development_audio_logmels", clips=8, seed=0),
+              "validation": write_tiny_split(cfg.prepared_dir, "validation_audio_logmels", clips=4, seed=1)}
+    tids, vectors = [], []
+    for split, data in splits.items():
+        pd.DataFrame({"tid": data.tids, "fid": data.fids, "fname": data.fids, "raw_text": data.tids, "text": data.tids,
+                      "tokens": "[]"}).to_csv(cfg.prepared_dir / f"{split}_text.csv", index=False)
+        tids += list(data.tids)
+        vectors.append(data.vectors)
+    write_cache(caption_embeddings_path(cfg), EmbeddingCache(tids, tids, np.concatenate(vectors), {"dimension": 16}))
+    return cfg
+
+
+def prepared_tiny_profile(folder: Path, recipes: dict[str, dict] | None = None) -> Config:
+    """A real synthetic profile (6/3/2 clips of 1.5-2 s, built by the pipeline up to the caption embeddings), whose
+    default recipe "tiny" trains one epoch; ``recipes`` adds more."""
+    synth = {"seed": 0, "clips": {"development": 6, "validation": 3, "evaluation": 2}, "min_seconds": 1.5, "max_seconds": 2.0}
+    recipes = {"tiny": {**TINY_RECIPE, "max_epochs": 1}, **(recipes or {})}
+    yaml_path = write_course_yaml(folder / "course.yaml", recipes, "tiny", synth)
+    cfg = load_config("synthetic", data_root=folder / "root", yaml_path=yaml_path)
+    prepare(cfg, until="embeddings", verbose=False)
+    return cfg
+
+
+def tiny_profile(root: Path, clips: int | dict[str, int] | None = None, seconds: tuple[float, float] = (1.5, 2.0),
+                 seed: int = 0, splits: list[str] | None = None, recipes: dict[str, dict] | None = None,
+                 default: str | None = None) -> Config:
+    """A synthetic profile under root with few, short clips (default 3/2/2 of 1.5-2 s), not built yet, never quick.
+
+    ``recipes`` adds training recipes; ``default`` makes one of them the profile's recipe.
+    """
+    clips = clips if clips is not None else {"development": 3, "validation": 2, "evaluation": 2}
+    synth = {"seed": seed, "clips": clips, "min_seconds": seconds[0], "max_seconds": seconds[1]}
+    yaml_path = write_course_yaml(root / "tiny.yaml", recipes or {}, default, synth)
+    return load_config("synthetic", data_root=root / "root", yaml_path=yaml_path, splits=splits, quick=False)
