@@ -270,7 +270,7 @@ def _content_problem(checkpoint: Any) -> str | None:
 def _unreadable(exc: Exception) -> str:
     """Why torch.load(weights_only=True) failed, in plain words: a Python object it refused, or damaged bytes."""
     text = str(exc)
-    refused = re.search(r"GLOBAL[:\s]+([\w.]+)", text, re.IGNORECASE)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
     if isinstance(exc, pickle.UnpicklingError) and refused:
         return (f"was refused: it holds a Python object ({refused.group(1)}) besides tensors and plain values. The course "
                 "reads checkpoints with torch.load(weights_only=True), which does not unpickle such objects because "

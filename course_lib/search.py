@@ -178,7 +178,7 @@ class SearchEngine:
 
         checkpoint = Path(checkpoint or best_checkpoint_path(cfg))
         device = resolve_device(device or cfg.settings.get("device", "auto"))
-        model = load_trained_model(checkpoint, device=device)
+        model = load_trained_model(checkpoint, device=device, cfg=cfg)  # refused when made for another setup
         text_model = load_text_model(cfg.settings["text_model"], device=device)
         return cls(model, text_model, lambda split: load_index(cfg, split, model, checkpoint), list(cfg.splits),
                    {split: cfg.dataset_dir / split for split in cfg.splits}, features.FeatureParams.from_config(cfg))
