@@ -8,11 +8,13 @@ ties follow the one rule of ``course_lib.metrics`` (an equal score never counts 
 so a rank here is the rank notebook 06 measures. Exact search like this is right up to about 100,000
 clips (a few ms a query on 2 cores); Clotho has under 7,000, so no approximate index is needed.
 
-A score alone does not say that a clip fits: a query that describes nothing still has a best clip,
-with a score much like a real query's. So every hit also carries its **z-score**, how many standard
-deviations its score lies above the query's mean score over the whole index, and it **stands out**
-when that z-score is higher than the best of N scores drawn at random from a normal distribution
-would reach one time in 20 (``stand_out_z``). When no hit stands out, the results say so.
+A score alone does not say that a clip fits: a query that describes nothing still has a best clip.
+Two yardsticks, both computed here and shown by the widget: each hit's **z-score**, how many standard
+deviations its score lies above the query's mean score over the whole index (one clip far above the
+rest, or a group, or a flat field); and the best clip's **fit**, the share of the split's own captions
+that score their own clip lower (``fit_percentile``): how the best match compares with descriptions
+known to fit. When the best clip scores below 95 % of those true matches, **nothing stands out**, and
+the results say so.
 
 The same index answers sounds: a clip of the split ("more like this") or an uploaded file, through
 the same log-mel front end and the audio branch, gives the nearest clips and the nearest captions
@@ -35,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -53,12 +54,12 @@ from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, 
 
 __all__ = [
     "ClipIndex", "Hit", "QueryError", "Results", "SearchEngine", "build_index", "load_index", "query_problem",
-    "sound_to_log_mel", "stand_out_z", "z_scores",
+    "fit_percentile", "sound_to_log_mel", "z_scores",
 ]
 
 MAX_QUERY_CHARS = 300  # Sentence-BERT reads at most 256-384 word pieces; a query is a sentence, not a page
 MAX_SOUND_SECONDS = 60.0  # an uploaded sound is cut here (Clotho's clips last 15-30 s)
-STAND_OUT_CHANCE = 0.05  # a score stands out when the best of N random scores would beat it less often than this
+NOTHING_STANDS_OUT_BELOW = 5.0  # percent: the best clip scores below 95 % of the split's own caption-clip matches
 
 
 class QueryError(ValueError):
@@ -97,6 +98,15 @@ class ClipIndex:
         groups = self.captions.groupby("text", sort=False)["fid"]
         return {str(text): list(dict.fromkeys(group.tolist())) for text, group in groups}
 
+    @cached_property
+    def match_scores(self) -> np.ndarray:
+        """(M,) sorted: each caption's score with its own clip, i.e. what a description that fits scores with this model."""
+        if len(self.caption_vectors) != len(self.captions):  # an index without caption vectors has no matches to show
+            return np.zeros(0, dtype=np.float32)
+        row_of = {fid: row for row, fid in enumerate(self.fids)}
+        own = np.array([row_of[fid] for fid in self.captions["fid"]], dtype=np.int64)
+        return np.sort(np.einsum("ij,ij->i", self.caption_vectors, self.clip_vectors[own]))
+
 
 def z_scores(scores: np.ndarray) -> np.ndarray:
     """Each score's distance above the query's mean score over the index, in standard deviations.
@@ -112,14 +122,15 @@ def z_scores(scores: np.ndarray) -> np.ndarray:
     return (scores - finite.mean()) / spread
 
 
-def stand_out_z(n: int, chance: float = STAND_OUT_CHANCE) -> float:
-    """The z-score that the best of ``n`` scores drawn from a normal distribution exceeds with probability ``chance``.
+def fit_percentile(score: float, match_scores: np.ndarray) -> float:
+    """The percentage of true matches (captions scored with their own clip, sorted) that score lower than ``score``.
 
-    Taught in notebook 07, section 1. A hit above it stands out: chance alone puts the best of n random
-    scores there only once in 20 (1 - Phi(z)^n = chance, so z = Phi^-1((1 - chance)^(1/n))). It grows with
-    n (2.9 for 32 clips, 3.9 for Clotho's 1,045): the more clips, the higher the best one lands by luck.
+    Taught in notebook 07, section 1. 50 means the clip fits the query as well as a typical caption fits
+    its clip; below 5, worse than 95 % of them: nothing stands out. NaN without matches to compare with.
     """
-    return NormalDist().inv_cdf((1.0 - chance) ** (1.0 / max(1, n)))
+    if len(match_scores) == 0:
+        return float("nan")
+    return 100.0 * int(np.searchsorted(match_scores, score, side="left")) / len(match_scores)
 
 
 @dataclass
@@ -134,7 +145,6 @@ class Hit:
     captions: list[str] = field(default_factory=list)  # for clip hits: the clip's own captions
     marked: bool = False  # the clip the query caption belongs to, or a caption of the query clip
     z: float = 0.0  # standard deviations above the query's mean score over the index (z_scores)
-    stands_out: bool = False  # z above stand_out_z(number of items scored)
 
 
 @dataclass
@@ -148,12 +158,12 @@ class Results:
     marked_ranks: dict[str, int] = field(default_factory=dict)  # {fname: rank among all clips or captions}
     message: str = ""  # why nothing was searched (a bad query), or a note on what was
     sound: tuple[np.ndarray, int] | None = None  # an uploaded sound (samples, rate), for its player
-    clips_scored: int = 0  # how many clips were scored (the N of the stand-out rule)
+    best_fit: float = float("nan")  # text queries: fit_percentile of the best clip's score (NaN: not measured)
 
     @property
     def nothing_stands_out(self) -> bool:
-        """True when clips were found but none of them stands out from the query's scores over the index."""
-        return bool(self.clips) and not any(hit.stands_out for hit in self.clips)
+        """True when the best clip of a text query scores below 95 % of the split's true caption-clip matches."""
+        return bool(self.clips) and self.best_fit < NOTHING_STANDS_OUT_BELOW
 
 
 class SearchEngine:
@@ -212,7 +222,8 @@ class SearchEngine:
         if message := query_problem(query):
             return Results(str(query), split, message=message)
         scores = index.clip_vectors @ self.embed_query(query.strip())  # one matrix product: N cosines
-        results = Results(query, split, clips=self._clip_hits(index, scores, top_k(scores, k)), clips_scored=len(scores))
+        results = Results(query, split, clips=self._clip_hits(index, scores, top_k(scores, k)))
+        results.best_fit = fit_percentile(results.clips[0].score, index.match_scores) if results.clips else float("nan")
         # A query that is one of the split's captions: where does the clip it describes land (metrics' rule)?
         owners = index.clips_described_by(query)
         rows = np.array([np.flatnonzero(index.fids == fid)[0] for fid in owners], dtype=np.int64)
@@ -245,26 +256,24 @@ class SearchEngine:
     # -- shared by the queries above --
 
     def _clip_hits(self, index: ClipIndex, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
-        z, needed = z_scores(scores), stand_out_z(int(np.isfinite(scores).sum()))
+        z = z_scores(scores)
         return [Hit(rank, float(scores[row]), str(index.fids[row]), str(index.fnames[row]),
-                    captions=index.captions_of(str(index.fids[row])), z=float(z[row]), stands_out=bool(z[row] > needed))
+                    captions=index.captions_of(str(index.fids[row])), z=float(z[row]))
                 for rank, row in enumerate(rows, start=1)]
 
     def _sound_results(self, index: ClipIndex, vector: np.ndarray, query: str, k: int, own_fid: str | None = None) -> Results:
         clip_scores = index.clip_vectors @ vector
         if own_fid is not None:  # "more like this" leaves the clip itself out (it would always come first)
             clip_scores = np.where(index.fids == own_fid, -np.inf, clip_scores)
-        scored = int(np.isfinite(clip_scores).sum())
-        rows = top_k(clip_scores, min(k, scored))
+        rows = top_k(clip_scores, min(k, int(np.isfinite(clip_scores).sum())))
         caption_scores = index.caption_vectors @ vector
-        caption_z, needed = z_scores(caption_scores), stand_out_z(len(caption_scores))
+        caption_z = z_scores(caption_scores)
         caption_fids = index.captions["fid"].to_numpy()
         captions = [Hit(rank, float(caption_scores[row]), str(caption_fids[row]), str(index.captions["fname"].iat[row]),
                         text=str(index.captions["raw_text"].iat[row]), marked=caption_fids[row] == own_fid,
-                        z=float(caption_z[row]), stands_out=bool(caption_z[row] > needed))
+                        z=float(caption_z[row]))
                     for rank, row in enumerate(top_k(caption_scores, k), start=1)]
-        results = Results(query, index.split, clips=self._clip_hits(index, clip_scores, rows), captions=captions,
-                          clips_scored=scored)
+        results = Results(query, index.split, clips=self._clip_hits(index, clip_scores, rows), captions=captions)
         if own_fid is not None:  # the ranks of the clip's own captions among all the split's captions
             own = np.flatnonzero(caption_fids == own_fid)
             results.marked_ranks = {str(index.captions["raw_text"].iat[row]): int(rank)

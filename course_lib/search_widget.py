@@ -2,10 +2,11 @@
 
 Taught in notebook 07, sections 2 and 3. ``SearchWidget(engine)`` shows a query box (Enter or Search),
 top k, split, a clip picker ("More like this") and an upload button for sounds; each result row has its
-rank, its cosine score, its z-score over the whole index (bold when it stands out, see
-``course_lib.search``), a short preview player, a log-mel picture and the clip's captions. When no result
-stands out, the message above the rows says so and the rows are greyed: a query that fits nothing does
-not look like one that fits. ``show_results`` prints the same rows for front ends without widgets.
+rank, its cosine score, its z-score over the whole index (``course_lib.search``), a short preview player,
+a log-mel picture and the clip's captions. Above the rows, a line says how the best clip's score compares
+with the split's true caption-clip matches; when nothing stands out it says so in amber and the rows are
+greyed: a query that fits nothing does not look like one that fits. ``show_results`` prints the same rows
+for front ends without widgets.
 
     SearchWidget(engine)                            # JupyterLab (ipywidgets 8), Colab (ipywidgets 7.7)
     search_and_show(engine, "rain on a tin roof")   # the same rows, printed, with IPython players
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from course_lib import features
-from course_lib.search import Hit, Results, SearchEngine, stand_out_z
+from course_lib.search import Hit, Results, SearchEngine
 
 __all__ = ["SearchWidget", "describe", "search_and_show", "show_results"]
 
@@ -57,17 +58,16 @@ def describe(results: Results) -> list[str]:
 
 
 def standing_line(results: Results) -> str:
-    """How the best clip's score stands against the query's scores over all the clips (course_lib.search's rule)."""
-    if not results.clips:
+    """How the best clip's score compares with the split's true caption-clip matches ('' when not measured)."""
+    if not results.clips or np.isnan(results.best_fit):
         return ""
-    best, needed, n = results.clips[0], stand_out_z(results.clips_scored), results.clips_scored
+    best, fit = results.clips[0], results.best_fit
     if results.nothing_stands_out:
-        return (f"nothing stands out: the best clip is z = {best.z:.1f} above this query's mean over {n} clips, "
-                f"and the best of {n} random scores reaches {needed:.1f} one time in 20. The model finds no clip "
-                "that fits this query better than the rest.")
-    standing = sum(hit.stands_out for hit in results.clips)
-    return (f"{standing} of these stand out (z above {needed:.1f}, which the best of {n} random scores "
-            "reaches one time in 20)")
+        return (f"nothing stands out: the best clip scores {best.score:+.3f}, lower than {100 - fit:.0f} % of the scores "
+                f"the {results.split} captions give their own clips. The model finds no clip that fits this "
+                "description the way a caption fits its clip.")
+    return (f"the best clip scores {best.score:+.3f}, higher than {fit:.0f} % of the scores the {results.split} "
+            "captions give their own clips")
 
 
 def show_results(engine: SearchEngine, results: Results, players: bool = True) -> None:
@@ -82,7 +82,7 @@ def show_results(engine: SearchEngine, results: Results, players: bool = True) -
     if results.message and not results.clips:
         return
     for hit in results.clips:
-        print(f"{hit.rank:>3}. {hit.score:+.3f}  z {hit.z:+.1f}{'*' if hit.stands_out else ' '}  {hit.fname}"
+        print(f"{hit.rank:>3}. {hit.score:+.3f}  z {hit.z:+.1f}  {hit.fname}"
               f"{'   <- the clip of this caption' if hit.marked else ''}")
         for caption in hit.captions:
             print(f"        · {caption}")
@@ -92,7 +92,7 @@ def show_results(engine: SearchEngine, results: Results, players: bool = True) -
     if results.captions:
         print("nearest captions:")
         for hit in results.captions:
-            print(f"{hit.rank:>3}. {hit.score:+.3f}  z {hit.z:+.1f}{'*' if hit.stands_out else ' '}  {hit.text}   "
+            print(f"{hit.rank:>3}. {hit.score:+.3f}  z {hit.z:+.1f}  {hit.text}   "
                   f"({hit.fname}){'   <- its own' if hit.marked else ''}")
 
 
@@ -252,11 +252,8 @@ class SearchWidget:
 
 
 def _z_badge(hit: Hit) -> str:
-    """The z-score as a small label: bold green when the hit stands out, plain otherwise."""
-    title = "standard deviations above this query's mean score over the whole index"
-    if hit.stands_out:
-        return f"<small title=\"{title}\" style='color:#1a7f37'><b>z {hit.z:+.1f}</b></small>"
-    return f"<small title=\"{title}\">z {hit.z:+.1f}</small>"
+    """The z-score as a small label, explained when the pointer rests on it."""
+    return f"<small title=\"standard deviations above this query's mean score over the whole index\">z {hit.z:+.1f}</small>"
 
 
 def _caption_line(hit: Hit) -> str:

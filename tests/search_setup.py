@@ -63,27 +63,34 @@ class Words:
         return np.eye(8, dtype=np.float32)[[len(text) % 8 for text in texts]]
 
 
-def ready_engine(clip_vectors: np.ndarray, captions: pd.DataFrame | None = None) -> SearchEngine:
+def ready_engine(clip_vectors: np.ndarray, captions: pd.DataFrame | None = None,
+                 caption_vectors: np.ndarray | None = None) -> SearchEngine:
     """An engine over one ready-made evaluation index (clips c0, c1, ... and no files), an untrained model (always
-    the same one) and ``Words``; caption i's vector is the i-th unit vector."""
+    the same one) and ``Words``; caption i's vector is the i-th unit vector unless ``caption_vectors`` are given."""
     torch.manual_seed(0)
     fids = np.array([f"c{j}" for j in range(len(clip_vectors))])
     if captions is None:
         captions = pd.DataFrame({"tid": ["t0"], "fid": ["c0"], "fname": ["c0.wav"], "raw_text": ["A hum."], "text": ["a hum"]})
+    if caption_vectors is None:
+        caption_vectors = np.eye(len(captions), 300, dtype=np.float32)
     index = ClipIndex("evaluation", fids, np.char.add(fids, ".wav"), np.asarray(clip_vectors, dtype=np.float32), captions,
-                      np.eye(len(captions), 300, dtype=np.float32))
+                      np.asarray(caption_vectors, dtype=np.float32))
     return SearchEngine(DualEncoder(CNN14Encoder(300, 0.125), text_dim=8), Words(), {"evaluation": index})
 
 
-def random_clips(n: int, seed: int) -> np.ndarray:
-    """n random unit vectors of 300 dimensions: their cosines with any query are about N(0, 1/300)."""
-    vectors = np.random.default_rng(seed).standard_normal((n, 300)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+def unit_rows(values: np.ndarray) -> np.ndarray:
+    return (values / np.linalg.norm(values, axis=1, keepdims=True)).astype(np.float32)
 
 
 def query_engine(query: str, clips: int, seed: int, fitting: bool) -> SearchEngine:
-    """``ready_engine`` over random clips; with ``fitting``, clip c7 points exactly where ``query`` points."""
-    vectors = random_clips(clips, seed)
+    """``ready_engine`` over random clips, one caption a clip that fits it (its clip's vector plus some noise:
+    cosine about 0.9); with ``fitting``, clip c7 points exactly where ``query`` points."""
+    rng = np.random.default_rng(seed)
+    vectors = unit_rows(rng.standard_normal((clips, 300)))  # cosines with any query: about N(0, 1/300)
+    fids = [f"c{j}" for j in range(clips)]
+    captions = pd.DataFrame({"tid": [f"t{j}" for j in range(clips)], "fid": fids, "fname": [f"{f}.wav" for f in fids],
+                             "raw_text": [f"Sound {j}." for j in range(clips)], "text": [f"sound {j}" for j in range(clips)]})
+    caption_vectors = unit_rows(vectors + 0.03 * rng.standard_normal((clips, 300)))
     if fitting:
-        vectors[7] = ready_engine(vectors).embed_query(query)
-    return ready_engine(vectors)
+        vectors[7] = ready_engine(vectors, captions, caption_vectors).embed_query(query)
+    return ready_engine(vectors, captions, caption_vectors)

@@ -18,7 +18,7 @@ import soundfile
 from search_setup import query_engine, tiny_engine, tiny_search_profile
 
 from course_lib import search_widget
-from course_lib.search import SearchEngine, stand_out_z
+from course_lib.search import SearchEngine
 from course_lib.search_widget import SearchWidget, describe, uploaded_files
 
 IPYWIDGETS_MAJOR = int(ipywidgets.__version__.split(".")[0])
@@ -54,11 +54,14 @@ def test_describe_says_whether_anything_stands_out() -> None:
     nothing = files_free_engine(fitting=False).search("a hum", "evaluation", k=5)
     lines = describe(nothing)
     assert lines[0] == "'a hum' in evaluation: the 5 nearest clips"
-    assert lines[1].startswith(f"nothing stands out: the best clip is z = {nothing.clips[0].z:.1f} above this query's "
-                               f"mean over 200 clips, and the best of 200 random scores reaches {stand_out_z(200):.1f}")
+    assert lines[1] == (f"nothing stands out: the best clip scores {nothing.clips[0].score:+.3f}, lower than 100 % of the "
+                        "scores the evaluation captions give their own clips. The model finds no clip that fits this "
+                        "description the way a caption fits its clip.")
     found = files_free_engine(fitting=True).search("a hum", "evaluation", k=5)
-    assert describe(found)[1].startswith(f"1 of these stand out (z above {stand_out_z(200):.1f}")
-    assert "this is a caption of c0.wav (rank" in describe(found)[2]
+    assert describe(found)[1] == (f"the best clip scores {found.clips[0].score:+.3f}, higher than 100 % of the scores the "
+                                  "evaluation captions give their own clips")
+    clip = files_free_engine(fitting=True).more_like_clip("c3", "evaluation", k=5)
+    assert not any("stands out" in line or "own clips" in line for line in describe(clip))  # sounds: no such line
 
 
 def test_a_bad_query_is_described_by_its_message_alone(engine: SearchEngine) -> None:
@@ -122,10 +125,8 @@ def test_the_widget_greys_a_query_that_fits_nothing_and_not_one_that_fits() -> N
     assert all(search_widget.GREY in row.children[0].value for row in nothing.rows.children)
     found = SearchWidget(files_free_engine(fitting=True), k=5)
     found.query.value = "a hum"
-    first = found.rows.children[0].children[0].value
-    assert "nothing stands out" not in found.message.value and search_widget.GREY not in first
-    assert f"<b>z {found.results.clips[0].z:+.1f}</b>" in first  # bold: it stands out
-    assert "<b>z " not in found.rows.children[1].children[0].value
+    assert "nothing stands out" not in found.message.value and "higher than 100 %" in found.message.value
+    assert not any(search_widget.GREY in row.children[0].value for row in found.rows.children)
 
 
 def test_widget_marks_the_clip_of_a_dataset_caption(engine: SearchEngine) -> None:
