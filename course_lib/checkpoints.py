@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path, identity: Mapping[str, Any] | None = None)
     or (given ``identity``) made for another setup. The one way the course reads best.pt and last.pt."""
     path = Path(path)
     fix = (f"Delete the run folder {path.parent} to train this run again (train.ensure_trained(cfg) or train.train), "
-           "or use another run folder.")
+           "or use another run folder." if path.name in ("best.pt", "last.pt") else f"Use another checkpoint than {path}.")
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}. {fix}")
     try:
@@ -259,6 +259,8 @@ def _content_problem(checkpoint: Any) -> str | None:
         return f"it holds a {type(checkpoint).__name__}, not a dict of entries"
     if not isinstance(checkpoint.get("fingerprint"), str):
         return "it has no fingerprint (an older course version wrote it, or another program)"
+    if checkpoint.get("format") != FORMAT:
+        return f"its format is {checkpoint.get('format')!r}, this version reads format {FORMAT}"
     if not isinstance(checkpoint.get("identity"), dict):
         return "it has no run identity"
     model = checkpoint.get("model")

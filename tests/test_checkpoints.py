@@ -65,7 +65,9 @@ def test_a_value_weights_only_could_not_read_back_is_refused_when_saving(tmp_pat
 
 def _garble(data: bytes) -> bytes:
     """Flip one byte inside the recognisable tensor's stored values (torch itself does not notice)."""
-    at = data.find(torch.arange(1024, dtype=torch.float32).numpy().tobytes()) + 2001
+    start = data.find(torch.arange(1024, dtype=torch.float32).numpy().tobytes())
+    assert start >= 0
+    at = start + 2001
     return data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :]
 
 
@@ -105,10 +107,12 @@ def test_a_checkpoint_of_another_setup_names_what_differs(tmp_path: Path) -> Non
 
 
 def test_a_checkpoint_without_fingerprint_is_refused(tmp_path: Path) -> None:
-    """What an earlier course version wrote (or any other program): no fingerprint to check, so not used."""
-    torch.save({"model": {"w": torch.ones(2)}, "identity": IDENTITY}, tmp_path / "best.pt")
-    with pytest.raises(CheckpointError, match="no fingerprint"):
-        load_checkpoint(tmp_path / "best.pt")
+    """What an earlier course version wrote (or any other program): no fingerprint to check, so not used. A file that is
+    not a run's best.pt or last.pt is not answered with advice to delete its folder."""
+    torch.save({"model": {"w": torch.ones(2)}, "identity": IDENTITY}, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="no fingerprint") as refused:
+        load_checkpoint(tmp_path / "model.pt")
+    assert f"Use another checkpoint than {tmp_path / 'model.pt'}" in str(refused.value) and "Delete" not in str(refused.value)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full, a device that is always full")
