@@ -73,7 +73,7 @@ def standing_line(results: Results) -> str:
 def show_results(engine: SearchEngine, results: Results, players: bool = True) -> None:
     """Print a query's results as rows (with IPython.display.Audio players): for front ends without widgets.
 
-    Taught in notebook 07, section 3.
+    Taught in notebook 07, sections 3 and 4.
     """
     from IPython.display import Audio, display
 
