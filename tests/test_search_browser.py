@@ -3,7 +3,8 @@
 Starts JupyterLab on 127.0.0.1 with a token (``--allow-root`` as root) serving a copy of notebook 07
 (so the browser's autosave never touches the committed file), opens it at ``?reset``, runs every
 cell, types a query into the widget, presses Enter, and checks that result rows with audio players
-appear. The screenshot is saved under build/test-artifacts/ (and as figures/search_widget.png when
+appear, each with its z-score, under a line on the best clip's fit, and that the upload button shows its
+whole label. The screenshot is saved under build/test-artifacts/ (and as figures/search_widget.png when
 COURSE_UPDATE_FIGURES=1 or that figure is missing). The server is stopped at the end.
 
 Needs /usr/bin/chromium (Debian: ``apt-get install chromium``) and the ``playwright`` package; never
@@ -145,9 +146,14 @@ def test_the_search_widget_runs_in_jupyterlab_in_chromium(lab) -> None:
             page.wait_for_function(f"() => document.querySelectorAll('audio.jupyter-widgets').length >= "
                                    f"{widget_audio_before + 5}", timeout=60_000)
             assert f"'{QUERY}' in evaluation: the 5 nearest clips" in widget.inner_text()
+            assert "captions give their own clips" in widget.inner_text()  # the best clip's fit, either way it falls
             rows = widget.locator(".widget-hbox:has(audio.jupyter-widgets)")
             assert rows.count() >= 5
             assert "1." in rows.nth(0).inner_text() and rows.nth(0).locator("img").count() == 1
+            assert "z " in rows.nth(0).inner_text()  # each row's z-score over the index
+            upload = widget.locator("button.widget-upload").first
+            assert upload.inner_text().strip().startswith("Upload a sound")
+            assert upload.evaluate("button => button.scrollWidth <= button.clientWidth"), "the upload button's label is cut"
 
             widget.scroll_into_view_if_needed()
             widget.screenshot(path=str(ARTIFACTS / "search_widget.png"))
