@@ -18,7 +18,9 @@ Ray is an optional extra (about 630 MB): ``pip install -e ".[tune]"`` or ``pip i
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import importlib
 import logging
 import math
 import os
@@ -30,7 +32,13 @@ from typing import Any
 import pandas as pd
 
 from course_lib import train
+from course_lib._report import say
 from course_lib.config import QUICK_TRIAL_EPOCHS, QUICK_TRIALS, Config
+
+__all__ = [
+    "INSTALL_HINT", "METRIC", "MODE", "Search", "trial", "trial_recipe", "search_space", "baseline_config", "asha",
+    "plateau_stopper", "make_tuner", "resume", "start_ray", "stop_ray", "results_table", "curves", "plot_curves", "trial_id",
+]
 
 INSTALL_HINT = ('Ray Tune is not installed. Install the course\'s optional extra: pip install -e ".[tune]" '
                 '(or pip install "ray[tune]"), then restart the kernel.')
@@ -49,8 +57,7 @@ def trial(config: dict[str, Any], cfg: Config) -> None:
     Taught in notebook 08, section 1. ``config`` holds "recipe" (baseline | fast), optionally "max_epochs" and
     "seed", and any recipe value to change ("lr", "temperature", "batch_size", ...).
     """
-    from ray import tune
-
+    tune = _ray("ray.tune")
     # The trial's recipe: a course recipe with this trial's values in place of its own.
     recipe, trial_cfg = trial_recipe(cfg, config)
     # The run folder sits in the trial's folder; after an interruption Tune hands back the last one it saved.
@@ -87,8 +94,7 @@ def search_space(max_epochs: int = 4) -> dict[str, Any]:
 
     Taught in notebook 08, section 2.
     """
-    from ray import tune
-
+    tune = _ray("ray.tune")
     return {
         "recipe": tune.choice(["baseline", "fast"]),
         "lr": tune.loguniform(3e-4, 3e-3),
@@ -111,9 +117,8 @@ def asha(max_epochs: int, grace_period: int = 1, reduction_factor: int = 2) -> A
 
     Taught in notebook 08, section 3.
     """
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period, reduction_factor=reduction_factor)
+    return _ray("ray.tune.schedulers").ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
+                                                     reduction_factor=reduction_factor)
 
 
 def plateau_stopper(cfg: Config) -> Any:
@@ -121,56 +126,86 @@ def plateau_stopper(cfg: Config) -> Any:
 
     Taught in notebook 08, section 3.
     """
-    from ray.tune.stopper import TrialPlateauStopper
-
-    return TrialPlateauStopper(**cfg.baseline["trial_stopper"])
+    return _ray("ray.tune.stopper").TrialPlateauStopper(**cfg.baseline["trial_stopper"])
 
 
 def make_tuner(
     cfg: Config, param_space: dict[str, Any], num_samples: int = 1, scheduler: Any = None, stopper: Any = None,
     storage_path: str | Path | None = None, name: str = "search", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
     trainable: Callable[..., None] | None = None,
-) -> Any:
-    """A Tuner that runs ``num_samples`` trials drawn from ``param_space``. Taught in notebook 08, section 4.
+) -> Search:
+    """A search of ``num_samples`` trials drawn from ``param_space``; ``.fit()`` runs it. Taught in notebook 08, section 4.
 
     Results go to <storage_path>/<name> (default: the profile's models folder, tune/); the stopper defaults
     to the baseline's plateau rule; each trial keeps only its newest checkpoint (it holds the whole run).
     ``trainable``: a function to run instead of ``trial`` (one that wraps it, say).
     """
-    from ray import tune
-
-    storage = Path(storage_path) if storage_path else cfg.models_dir / "tune"
+    tune = _ray("ray.tune")
+    storage = (Path(storage_path) if storage_path else cfg.models_dir / "tune").resolve()
     storage.mkdir(parents=True, exist_ok=True)
     if cfg.quick:  # COURSE_QUICK=1: fewer and shorter trials, the same search
         num_samples = min(num_samples, QUICK_TRIALS)
         param_space = {**param_space, "max_epochs": min(int(param_space.get("max_epochs") or QUICK_TRIAL_EPOCHS),
                                                         QUICK_TRIAL_EPOCHS)}
-    return tune.Tuner(
+    tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable or trial, cfg=cfg), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=num_samples, scheduler=scheduler),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage.resolve()), stop=stopper if stopper is not None else plateau_stopper(cfg),
+            name=name, storage_path=str(storage), stop=stopper if stopper is not None else plateau_stopper(cfg),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
         ),
     )
+    return Search(tuner, storage / name)
 
 
-def resume(path: str | Path, cfg: Config, trainable: Callable[..., None] | None = None) -> Any:
-    """A Tuner that finishes an interrupted search (its folder): unfinished and failed trials go on from their last checkpoint.
+def resume(path: str | Path, cfg: Config, trainable: Callable[..., None] | None = None) -> Search:
+    """A search that finishes an interrupted one (its folder): unfinished and failed trials go on from their last checkpoint.
 
     Taught in notebook 08, section 7. ``trainable``: the function the search ran, when it was not ``trial``.
     """
-    from ray import tune
+    tune = _ray("ray.tune")
+    return Search(tune.Tuner.restore(str(path), tune.with_parameters(trainable or trial, cfg=cfg), resume_errored=True),
+                  Path(path))
 
-    return tune.Tuner.restore(str(path), tune.with_parameters(trainable or trial, cfg=cfg), resume_errored=True)
+
+@dataclasses.dataclass
+class Search:
+    """A Ray Tune ``Tuner`` and the folder its search lives in. Taught in notebook 08, sections 4 and 7.
+
+    ``fit()`` runs the search as ``Tuner.fit`` does, and says how to resume it when it was interrupted (Ctrl-C,
+    Kernel > Interrupt): Tune then ends the trials, saves the search and returns. Any other attribute is the Tuner's.
+    """
+
+    tuner: Any
+    path: Path
+
+    def fit(self) -> Any:
+        """Run every trial; returns Tune's ResultGrid. Interrupted, it says so and how to resume."""
+        try:
+            results = self.tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C, or Tune's own handler switched off: Tune did not finish its round
+            raise KeyboardInterrupt(f"The search was interrupted. {self.resume_hint()}") from None
+        unfinished = [result for result in results if _status(result) == "interrupted"]
+        if unfinished:
+            say(True, f"The search was interrupted: {len(unfinished)} of {len(results)} trials did not finish. "
+                      f"{self.resume_hint()}")
+        return results
+
+    def resume_hint(self) -> str:
+        return f"Resume it with: course_tune.resume({str(self.path)!r}, cfg).fit()"
+
+    def __getattr__(self, name: str) -> Any:  # only called for names a Search lacks: the Tuner's
+        if name.startswith("__") or name in ("tuner", "path"):
+            raise AttributeError(name)
+        return getattr(self.tuner, name)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True, **init_args: Any) -> dict[str, float]:
     """Start Ray on this machine (address None), or join a running cluster ("auto", "host:6379"); returns its resources.
 
     Taught in notebook 08 (its opening cells). ``quiet`` keeps the workers' logs out of the notebook (prints inside
-    trials are hidden).
+    trials are hidden). Ray stops when the program ends, if ``stop_ray`` has not stopped it before.
     """
     ray = _import_ray()
     if quiet:
@@ -181,28 +216,34 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         if address is None:  # a new local instance, never an unrelated cluster that happens to run here
             _loopback_only(ray)
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **init_args)
+            _LOCAL_RAY["started"] = True
         else:
             try:
                 ray.init(address=address, **init_args)
             except ConnectionError as exc:
                 raise ConnectionError(f"Cannot join the Ray cluster at {address!r}. {CLUSTER_HINT}") from exc
+        atexit.unregister(stop_ray)
+        atexit.register(stop_ray)  # runs before Ray's own exit handler, which ray.init registered
     return ray.cluster_resources()
 
 
 def stop_ray() -> None:
-    """Disconnect from Ray (a local instance started by start_ray stops with it).
+    """Disconnect from Ray; a local instance started by start_ray stops with its helper processes.
 
     Taught in notebook 08, section 8.
     """
     ray = _import_ray()
+    helpers = _local_ray_processes() if ray.is_initialized() and _LOCAL_RAY["started"] else []
     ray.shutdown()
+    _LOCAL_RAY["started"] = False
+    _stop_processes(helpers)
 
 
 # --- reading the results -----------------------------------------------------------------------
 
 
 def results_table(results: Any) -> pd.DataFrame:
-    """One row a trial: its values, last epoch, best validation mAP@10 and loss, status; best first.
+    """One row a trial: its values, last epoch, best validation mAP@10 and loss, status (ok, error, interrupted); best first.
 
     Taught in notebook 08, section 4.
     """
@@ -217,7 +258,7 @@ def results_table(results: Any) -> pd.DataFrame:
             "best_val_map10": float(curve[METRIC].max()) if METRIC in curve else math.nan,
             "best_val_loss": float(curve["val_loss"].min()) if "val_loss" in curve else math.nan,
             "minutes": float(curve["time_total_s"].max()) / 60 if "time_total_s" in curve else math.nan,
-            "status": "error" if result.error else "ok",
+            "status": _status(result),
         })
     return pd.DataFrame(rows).sort_values("best_val_map10", ascending=False, ignore_index=True)
 
@@ -257,14 +298,46 @@ def trial_id(result: Any) -> str:
 # --- private helpers ---------------------------------------------------------------------------
 
 
-def _import_ray() -> Any:
-    """Ray, or an ImportError that says how to install it."""
+_LOCAL_RAY = {"started": False}  # whether start_ray started the local instance Ray is connected to
+
+
+def _ray(module: str) -> Any:
+    """A module of Ray (``ray.tune``, ``ray.tune.stopper`` ...), or an ImportError that says how to install Ray."""
     try:
-        import ray
-        import ray.tune  # noqa: F401
+        return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
-    return ray
+
+
+def _import_ray() -> Any:
+    """Ray, with Tune, or an ImportError that says how to install it."""
+    _ray("ray.tune")
+    return _ray("ray")
+
+
+def _status(result: Any) -> str:
+    """'error' (the trial raised), 'ok' (it finished, or Tune stopped it: its last result says done) or 'interrupted'."""
+    if result.error:
+        return "error"
+    return "ok" if (result.metrics or {}).get("done") else "interrupted"
+
+
+def _local_ray_processes() -> list[Any]:
+    """The processes a local Ray instance runs for this program (GCS, raylet, agents, workers): its child processes."""
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _stop_processes(processes: list[Any], wait_s: float = 10.0) -> None:
+    """Wait for processes to end (ray.shutdown asked them to); terminate, then kill, those still running."""
+    import psutil
+
+    alive = psutil.wait_procs(processes, timeout=wait_s)[1]
+    for process in alive:
+        process.terminate()
+    for process in psutil.wait_procs(alive, timeout=5)[1]:
+        process.kill()
 
 
 def _loopback_only(ray: Any) -> None:

@@ -7,42 +7,36 @@ the tests that need it are skipped without it (CI installs the ``tune`` extra).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import yaml
+from tiny import tiny_profile
 
 from course_lib import pipeline
 from course_lib import tune as course_tune
-from course_lib.config import BASELINE_YAML, load_config
+from course_lib.config import load_config
 from course_lib.train import recipe_settings
 
 REPO = Path(__file__).resolve().parents[1]
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[tune]"')
 
 
-def write_tiny_yaml(folder: Path) -> Path:
-    settings = yaml.safe_load(BASELINE_YAML.read_text(encoding="utf-8"))
-    clips = {"development": 4, "validation": 3, "evaluation": 2}
-    settings["profiles"]["synthetic"]["synth"] = {"seed": 0, "clips": clips, "min_seconds": 1.5, "max_seconds": 2.0}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
-    return folder / "tiny.yaml"
-
-
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tune")
-    cfg = load_config("synthetic", data_root=folder / "root", yaml_path=write_tiny_yaml(folder))
+    """4/3/2 clips of 1.5-2 s, built up to the caption embeddings (tiny.yaml beside the data root, for the cluster test)."""
+    cfg = tiny_profile(tmp_path_factory.mktemp("tune"), clips={"development": 4, "validation": 3, "evaluation": 2})
     pipeline.prepare(cfg, until="embeddings", verbose=False)
     return cfg
 
@@ -57,10 +51,88 @@ def local_ray():
 # --- without Ray ---------------------------------------------------------------------------------
 
 
-def test_without_ray_the_error_says_how_to_install(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when Ray is not installed
-    with pytest.raises(ImportError, match=r'pip install -e "\.\[tune\]"'):
-        course_tune.start_ray()
+# Every public function of course_lib.tune: how to call it. Those that need Ray must say how to install it.
+NEEDS_RAY = {
+    "trial": lambda cfg, tmp: course_tune.trial({"recipe": "baseline"}, cfg),
+    "search_space": lambda cfg, tmp: course_tune.search_space(),
+    "asha": lambda cfg, tmp: course_tune.asha(max_epochs=3),
+    "plateau_stopper": lambda cfg, tmp: course_tune.plateau_stopper(cfg),
+    "make_tuner": lambda cfg, tmp: course_tune.make_tuner(cfg, {"recipe": "baseline"}, storage_path=tmp),
+    "resume": lambda cfg, tmp: course_tune.resume(tmp / "search", cfg),
+    "start_ray": lambda cfg, tmp: course_tune.start_ray(),
+    "stop_ray": lambda cfg, tmp: course_tune.stop_ray(),
+}
+PLAIN = {"trial_recipe", "baseline_config", "results_table", "curves", "plot_curves", "trial_id"}  # read configs and results
+
+
+def test_every_public_function_is_listed_here_as_needing_ray_or_not() -> None:
+    public = {name for name in course_tune.__all__ if inspect.isfunction(getattr(course_tune, name))}
+    assert public == set(NEEDS_RAY) | PLAIN, "add the new function to NEEDS_RAY (with a call) or to PLAIN"
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_RAY))
+def test_without_ray_every_function_says_how_to_install_it(name, monkeypatch, tmp_path) -> None:
+    for module in [module for module in sys.modules if module == "ray" or module.startswith("ray.")] + ["ray"]:
+        monkeypatch.setitem(sys.modules, module, None)  # what `import ray...` sees when Ray is not installed
+    cfg = load_config("synthetic", data_root=tmp_path / "root", quick=False)
+    with pytest.raises(ImportError, match=r'Ray Tune is not installed.*pip install -e "\.\[tune\]"'):
+        NEEDS_RAY[name](cfg, tmp_path)
+
+
+def fake_result(name: str, val_map10: list[float], done: bool = True, error: Exception | None = None, **config):
+    """A Tune Result as results_table reads it: config, last metrics, the reported rows, the error."""
+    rows = pd.DataFrame({"epoch": range(len(val_map10)), "val_t2a_map10": val_map10, "val_loss": [3.0 - v for v in val_map10],
+                         "time_total_s": [30.0 * (k + 1) for k in range(len(val_map10))]})
+    return types.SimpleNamespace(config={"max_epochs": 9, **config}, metrics={"trial_id": name, "done": done},
+                                 metrics_dataframe=rows, error=error, path=f"/tmp/{name}")
+
+
+def test_the_results_table_ranks_trials_by_their_best_epoch_not_their_last() -> None:
+    """Listed worst first; trial b's last epoch is its worst, c's best epoch is the best of all."""
+    results = [fake_result("a", [0.1, 0.2], lr=1e-3), fake_result("b", [0.1, 0.5, 0.3], lr=2e-3),
+               fake_result("c", [0.2, 0.6, 0.1], lr=3e-3), fake_result("d", [0.0], error=RuntimeError("boom"), lr=4e-3)]
+    table = course_tune.results_table(results)
+    assert table["trial"].tolist() == ["c", "b", "a", "d"]
+    assert table["best_val_map10"].tolist() == [0.6, 0.5, 0.2, 0.0]
+    assert table["lr"].tolist() == [3e-3, 2e-3, 1e-3, 4e-3] and "max_epochs" not in table
+    assert table["epochs"].tolist() == [2, 2, 1, 0] and table["minutes"].tolist() == [1.5, 1.5, 1.0, 0.5]
+    assert table["status"].tolist() == ["ok", "ok", "ok", "error"]
+
+
+class FakeTuner:
+    """A Tuner whose fit() returns the given results, or raises what it is given."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def fit(self):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def get_results(self):
+        return "the tuner's own method"
+
+
+def test_an_interrupted_search_says_so_and_how_to_resume(tmp_path, capsys) -> None:
+    """Tune's Ctrl-C handler ends the trials and returns: their last results are not done."""
+    results = [fake_result("a", [0.1, 0.2]), fake_result("b", [0.1], done=False)]
+    search = course_tune.Search(FakeTuner(results), tmp_path / "search-1")
+    assert search.fit() is results
+    said = capsys.readouterr().out
+    assert "interrupted: 1 of 2 trials did not finish" in said
+    assert f"course_tune.resume({str(tmp_path / 'search-1')!r}, cfg).fit()" in said
+    assert course_tune.results_table(results).set_index("trial")["status"].to_dict() == {"a": "ok", "b": "interrupted"}
+    assert search.get_results() == "the tuner's own method"  # everything else is the Tuner's
+    course_tune.Search(FakeTuner(results[:1]), tmp_path / "search-2").fit()
+    assert capsys.readouterr().out == "", "a finished search says nothing"
+
+
+def test_a_keyboard_interrupt_out_of_fit_says_how_to_resume(tmp_path) -> None:
+    """A second Ctrl-C (or Tune's handler switched off) raises out of Tuner.fit: it still stops, and says how to resume."""
+    search = course_tune.Search(FakeTuner(KeyboardInterrupt()), tmp_path / "search-3")
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted\. Resume it with: course_tune\.resume\(.*search-3'"):
+        search.fit()
 
 
 def test_a_trial_replaces_recipe_values_and_refuses_unknown_ones(tiny_cfg) -> None:
@@ -96,6 +168,7 @@ def test_a_local_instance_talks_over_the_loopback_only(local_ray) -> None:
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
 
 
+@needs_ray
 def test_trials_report_every_epoch_checkpoint_their_run_and_stop_on_the_plateau_rule(tiny_cfg, local_ray, tmp_path) -> None:
     """Two trials of at most 3 epochs; a plateau rule that fires after 2 results stops both after epoch 1."""
     from ray import tune
@@ -114,9 +187,13 @@ def test_trials_report_every_epoch_checkpoint_their_run_and_stop_on_the_plateau_
             assert (Path(saved) / "best.pt").is_file()
         assert last["epoch"] == 1 and last["identity"]["settings"]["lr"] == result.config["lr"]
         assert [row["val_loss"] for row in last["history"]] == pytest.approx(curve["val_loss"].tolist())
-    table = course_tune.results_table(results)
-    assert sorted(table["lr"]) == [1e-3, 3e-3] and (table["epochs"] == 1).all() and (table["status"] == "ok").all()
-    assert table["best_val_map10"].is_monotonic_decreasing
+    table = course_tune.results_table(results).set_index("trial")
+    assert (table["epochs"] == 1).all() and (table["status"] == "ok").all(), "a trial Tune's stopper ended is finished"
+    for result in results:  # each row holds its own trial's values and best epoch
+        row = table.loc[course_tune.trial_id(result)]
+        assert row["lr"] == result.config["lr"]
+        assert row["best_val_map10"] == result.metrics_dataframe["val_t2a_map10"].max()
+        assert row["best_val_loss"] == result.metrics_dataframe["val_loss"].min()
 
 
 def flaky_trial(config: dict, cfg) -> None:
@@ -160,6 +237,91 @@ def test_a_failed_trial_resumes_from_its_last_checkpoint(tiny_cfg, local_ray, tm
         history = pd.read_csv(Path(saved) / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     assert history["val_loss"].tolist() == pytest.approx(curve["val_loss"].tolist())
+
+
+def interrupting_trial(config: dict, cfg) -> None:
+    """course_lib.tune.trial that sends the driver a Ctrl-C (SIGINT) after its first report, then waits to be stopped;
+    only the first time it runs (a marker file remembers)."""
+    import time
+
+    from ray import tune
+
+    marker, driver = Path(config["marker"]), int(config["driver"])
+    config = {key: value for key, value in config.items() if key not in ("marker", "driver")}
+    original = tune.report
+
+    def report(*args, **kwargs):
+        original(*args, **kwargs)
+        if not marker.exists():
+            marker.touch()
+            os.kill(driver, signal.SIGINT)
+            time.sleep(120)  # Tune stops the trial long before
+
+    tune.report = report
+    try:
+        course_tune.trial(config, cfg)
+    finally:
+        tune.report = original
+
+
+@needs_ray
+def test_ctrl_c_to_the_driver_reports_interrupted_and_the_search_resumes(tiny_cfg, local_ray, tmp_path, capsys) -> None:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    space = {"recipe": "baseline", "batch_size": 4, "max_epochs": 2, "marker": str(tmp_path / "sent"), "driver": os.getpid()}
+    search = course_tune.make_tuner(tiny_cfg, space, storage_path=tmp_path, name="stopped", trainable=interrupting_trial)
+    results = search.fit()  # Tune's own SIGINT handler ends the round: fit returns
+    said = capsys.readouterr().out
+    assert (tmp_path / "sent").exists()
+    assert "The search was interrupted: 1 of 1 trials did not finish" in said
+    assert f"course_tune.resume({str(tmp_path / 'stopped')!r}, cfg).fit()" in said
+    assert course_tune.results_table(results)["status"].tolist() == ["interrupted"]
+
+    resumed = course_tune.resume(tmp_path / "stopped", tiny_cfg, trainable=interrupting_trial).fit()
+    assert "interrupted" not in capsys.readouterr().out
+    table = course_tune.results_table(resumed)
+    assert table["status"].tolist() == ["ok"] and table["epochs"].tolist() == [2]
+
+
+RAY_EXIT = textwrap.dedent(
+    """
+    import json, psutil
+    from course_lib import tune as course_tune
+
+    def running(pids):
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    course_tune.start_ray(num_cpus=1)
+    first = [process.pid for process in psutil.Process().children(recursive=True)]
+    course_tune.stop_ray()
+    left = running(first)
+    course_tune.start_ray(num_cpus=1)
+    second = [process.pid for process in psutil.Process().children(recursive=True)]
+    print(json.dumps({"first": first, "left": left, "second": second}))
+    """  # and ends without stop_ray
+)
+
+
+@needs_ray
+def test_rays_helper_processes_stop_with_stop_ray_and_at_exit() -> None:
+    import psutil
+
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", RAY_EXIT], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(report["first"]) >= 2 and len(report["second"]) >= 2, "a local Ray runs helper processes (GCS, raylet, ...)"
+    assert report["left"] == [], "stop_ray returns once its helper processes have ended"
+    left = [pid for pid in report["second"] if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert left == [], "a program that ends without stop_ray leaves no Ray process behind"
 
 
 # --- a real cluster on this machine --------------------------------------------------------------
