@@ -107,9 +107,9 @@ if "google.colab" in sys.modules:
 
 
 def badge_markdown(repo_url: str, notebook_name: str) -> str:
-    """The 'Open in Colab' badge for a notebook, or a one-line note while no address is set."""
+    """The 'Open in Colab' badge for a notebook; '' (no badge) while no address is set."""
     if not repo_url:
-        return f"{BADGE_MARKER}*Open in Colab: the course's address is not set yet ([tool.course] repository in pyproject.toml).*"
+        return ""
     path = repo_url.removesuffix(".git").split("github.com/", 1)[-1]
     link = f"https://colab.research.google.com/github/{path}/blob/main/notebooks/{notebook_name}"
     return f"{BADGE_MARKER}[![Open In Colab]({BADGE})]({link})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -115,18 +116,46 @@ def test_the_setup_cell_does_nothing_outside_colab(monkeypatch):
     assert run_setup_cell(colab.setup_cell("https://github.com/someone/course.git"), monkeypatch) == []
 
 
-def test_badges_link_each_notebook_or_say_how_to_set_the_address():
+def test_badges_link_each_notebook_and_none_is_shown_without_an_address():
     assert colab.badge_markdown("https://github.com/someone/course.git", "05_x.ipynb").endswith(
         "(https://colab.research.google.com/github/someone/course/blob/main/notebooks/05_x.ipynb)"
     )
-    assert "not set yet" in colab.badge_markdown("", "05_x.ipynb")
+    assert colab.badge_markdown("", "05_x.ipynb") == ""
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("write_colab_cells", ROOT / "scripts" / "write_colab_cells.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_adds_the_badge_once_an_address_is_set_and_removes_it_without(tmp_path):
+    write_cells = load_script().write_cells
+    path = tmp_path / "05_x.ipynb"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 05 · A title"),
+                                               nbformat.v4.new_code_cell("print('old set-up')"),
+                                               nbformat.v4.new_code_cell("print('lesson')")])
+    nbformat.write(notebook, path)
+    url = "https://github.com/someone/course.git"
+    assert write_cells(path, url) and not write_cells(path, url), "a second run changes nothing"
+    cells = nbformat.read(path, as_version=4).cells
+    assert [cell.source for cell in cells] == [colab.badge_markdown(url, path.name), "# 05 · A title",
+                                               colab.setup_cell(url), "print('lesson')"]
+    assert write_cells(path, "") and not write_cells(path, "")
+    cells = nbformat.read(path, as_version=4).cells
+    assert [cell.source for cell in cells] == ["# 05 · A title", colab.setup_cell(""), "print('lesson')"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
 def test_every_notebook_has_the_badge_and_setup_cell_from_pyproject(path):
     url = colab.repository_url(ROOT / "pyproject.toml")
     notebook = nbformat.read(path, as_version=4)
-    assert notebook.cells[0].source == colab.badge_markdown(url, path.name), "run scripts/write_colab_cells.py"
+    if url:
+        assert notebook.cells[0].source == colab.badge_markdown(url, path.name), "run scripts/write_colab_cells.py"
+    else:
+        assert not notebook.cells[0].source.startswith(colab.BADGE_MARKER), "no address: no badge; run the script"
+        assert notebook.cells[0].source.lstrip().startswith(f"# {path.name[:2]} · "), "the notebook opens with its title"
     first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
     assert first_code.source == colab.setup_cell(url), "run scripts/write_colab_cells.py"
 
