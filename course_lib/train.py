@@ -296,8 +296,10 @@ def train(
 
 
 def ensure_trained(cfg: Config, recipe: str | None = None, verbose: bool = True) -> Path:
-    """The best checkpoint of the profile's run of a recipe (seed 0): reused when that run is done for this setup, else
-    trained or resumed."""
+    """The best checkpoint of the profile's run of a recipe: reused when done for this setup, else trained or resumed.
+
+    The run is seed 0's, in ``run_dir_for(cfg, recipe)``; a damaged checkpoint, or one of another setup, is refused.
+    """
     name, settings = recipe_settings(cfg, recipe)
     run_dir = run_dir_for(cfg, name)
     with run_lock(run_dir):  # a run training there now finishes first; then its result is checked
