@@ -85,7 +85,6 @@ class Settings:
     work: Path | None = None  # None: a temporary folder, deleted afterwards
     out: Path | None = None
     gpu_steps: int = 5
-    quiet: bool = False
 
 
 # --- measuring: stages, steps, connections --------------------------------------------------------------------------
@@ -312,13 +311,18 @@ def _rehearse(settings: Settings, work: Path) -> dict[str, Any]:
     served = work / "served"
 
     with stages.stage("stand-ins (not the course's path)", course_path=False) as info:
+        clock = time.perf_counter()
         source = synth.generate_dataset(work / "source" / "Clotho", seed=0, clips=settings.clips, min_seconds=settings.seconds[0],
                                         max_seconds=settings.seconds[1], progress=False, verbose=False)
+        info["clips_s"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
         clotho_paths = pack_clotho_files(source, served)
+        info["archives_s"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
         panns_path = write_random_panns(served / panns.PANNS_FILENAME)
+        info["panns_file_s"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
         captions = [text for split in SPLITS for row in clotho.read_captions(source, split).itertuples(index=False)
                     for text in row[1:]]
         text_folder = write_random_sentence_model(work / "hub" / "all-mpnet-base-v2", captions + [QUERY], settings.text_layers)
+        info["text_model_s"] = round(time.perf_counter() - clock, 1)
         info["served_mb"] = round(sum(p.stat().st_size for p in [*clotho_paths.values(), panns_path]) / 1e6, 1)
 
     cfg = load_config("clotho", data_root=work / "data")
@@ -334,7 +338,7 @@ def _rehearse(settings: Settings, work: Path) -> dict[str, Any]:
     ]
     report: dict[str, Any] = {"machine": machine_info(settings.device), "settings": _jsonable(dataclasses.asdict(settings)),
                               "changed": changed, "checks": {}}
-    files = {**remote_files(clotho_paths)}
+    files = remote_files(clotho_paths)
     server = FileServer({**clotho_paths, panns.PANNS_FILENAME: panns_path})
     try:
         with served_from(server, files, remote_files({panns.PANNS_FILENAME: panns_path})[panns.PANNS_FILENAME].md5):
@@ -348,6 +352,7 @@ def _rehearse(settings: Settings, work: Path) -> dict[str, Any]:
     if settings.device == "cuda":
         report["gpu"] = gpu_measurements(settings.gpu_steps)
         report["extrapolation"]["this_gpu"] = _gpu_run(cfg, report)
+    report["machine"]["load_average_1min_after"] = round(os.getloadavg()[0], 2)  # other work on the machine skews every time
     return report
 
 
@@ -408,8 +413,9 @@ def _course_path(cfg, settings: Settings, stages: Stages, server: FileServer, re
     report["training"] = {
         "recipe": recipe_name, "same_step_as_baseline": {k: v for k, v in recipe.items() if k != "max_epochs"}
         == {k: v for k, v in baseline.items() if k != "max_epochs"}, "batch_size": batch, "batch_reason": reason,
+        "mixed_precision": settings.device == "cuda" and bool(recipe.get("mixed_precision", True)),
         "steps": [{**step, "seconds": round(step["seconds"], 2)} for step in steps],
-        "validation_s_per_caption": round(float(history["epoch_s"].iloc[0]) / len(tables["validation"]), 4),
+        "validation_s_per_caption": round(_validation_seconds(history, steps) / len(tables["validation"]), 4),
         "history": history.to_dict(orient="records"),
     }
     checks["training_loss_finite"] = bool(np.isfinite(history["train_loss"].iloc[-1]))
@@ -442,12 +448,17 @@ def _course_path(cfg, settings: Settings, stages: Stages, server: FileServer, re
     }
 
 
+def _validation_seconds(history, steps: list[dict[str, Any]]) -> float:
+    """One validation pass: epoch 1's time less its training steps (warm), else epoch 0's (which only validates)."""
+    warm = float(history["epoch_s"].iloc[-1]) - sum(step["seconds"] for step in steps)
+    return warm if len(history) > 1 and warm > 0 else float(history["epoch_s"].iloc[0])
+
+
 def _batch_size(wanted: int, settings: Settings, frames: int) -> tuple[int, str]:
     """The recipe's batch size if a step of it fits in the memory available now (memory model), else the largest that does."""
     if settings.batch_size:
         return settings.batch_size, "set with --batch-size"
-    half = settings.device == "cuda"
-    memory = step_memory(frames, half=half)
+    memory = step_memory(frames, half=settings.device == "cuda")  # the recipes' mixed precision acts on CUDA only
     if settings.device == "cuda":
         budget = HEADROOM * (torch.cuda.get_device_properties(0).total_memory - CUDA_CONTEXT_BYTES)
         where = "this GPU's memory"
@@ -508,7 +519,7 @@ def _released(cfg, device: str, captions: int) -> dict[str, Any]:
 def _flops_and_t4() -> tuple[dict[str, Any], dict[str, Any]]:
     """FLOPs and bytes of a training step and a validation forward at batch 32 x 30 s; the T4 efficiency and its basis."""
     step, forward = count_step(32, FULL_FRAMES), count_step(32, FULL_FRAMES, training=False)
-    step16, forward16 = count_step(32, FULL_FRAMES, half=True), count_step(32, FULL_FRAMES, half=True, training=False)
+    step16 = count_step(32, FULL_FRAMES, half=True)
     flops = {"train_step_tflop": round(step["flops"] / 1e12, 3), "validation_forward_tflop": round(forward["flops"] / 1e12, 3),
              "shape": [32, FULL_FRAMES, 64], "counted_with": "torch.utils.flop_counter.FlopCounterMode, meta device",
              "memory_bound_gb_fp32": round(step["other_bytes"] / 1e9, 1),
@@ -527,9 +538,7 @@ def _flops_and_t4() -> tuple[dict[str, Any], dict[str, Any]]:
                   f"at the peak, so no schedule beats {ceiling:.0%}. {T4_EFFICIENCY:.0%} leaves the convolutions "
                   f"{implied:.0%} of the tensor-core peak, plausible for large 3x3 convolutions on a 70 W card "
                   "whose clock stays under the boost clock that peak assumes."),
-        "step_s": round(at_efficiency, 3), "validation_forward_s": round(forward["flops"] / (T4_EFFICIENCY * peak), 3),
-        "step_s_at_ceiling": round(at_peak + memory_bound, 3),
-        "validation_forward_s_at_ceiling": round(forward["flops"] / peak + forward16["other_bytes"] / T4_BANDWIDTH, 3),
+        "step_s": round(at_efficiency, 4), "step_s_at_ceiling": round(at_peak + memory_bound, 4),
     }
     return flops, t4
 
@@ -542,7 +551,7 @@ def _memory(report: dict[str, Any]) -> dict[str, Any]:
     """The memory model (course_lib._gpu_memory) against the training stage's measured peak; the model at batch 32 x 30 s."""
     training = report["training"]
     frames = max(step["frames"] for step in training["steps"])
-    used = step_memory(frames).total(training["batch_size"])
+    used = step_memory(frames, half=training["mixed_precision"]).total(training["batch_size"])
     stage = _stage(report, "training")
     measured = stage.get("peak_gpu_gb", stage["added_rss_gb"])
     full, half = step_memory(FULL_FRAMES), step_memory(FULL_FRAMES, half=True)
@@ -568,9 +577,12 @@ def _extrapolate(cfg, report: dict[str, Any]) -> dict[str, Any]:
     timed = full[1:] or full or training["steps"]  # the first step warms up when there are others
     rates = [count_step(s["batch"], s["frames"])["flops"] / s["seconds"] for s in timed]
     step_s = flops["train_step_tflop"] * 1e12 / float(np.median(rates))
-    epoch_s = steps_per_epoch * step_s + val_captions * training["validation_s_per_caption"]
+    # Validation as measured by the course's loop, per caption; elsewhere it is scaled like the training steps.
+    val_s = val_captions * training["validation_s_per_caption"]
+    epoch_s = steps_per_epoch * step_s + val_s
     t4 = report["t4"]
-    t4_epoch_s = steps_per_epoch * t4["step_s"] + val_batches * t4["validation_forward_s"]
+    t4_val_s, t4_val_ceiling_s = val_s * t4["step_s"] / step_s, val_s * t4["step_s_at_ceiling"] / step_s
+    t4_epoch_s = steps_per_epoch * t4["step_s"] + t4_val_s
     epochs = {"baseline": train.recipe_settings(cfg, "baseline")[1]["max_epochs"],
               cfg.settings["training_recipe"]: train.recipe_settings(cfg)[1]["max_epochs"]}
     audio_seconds = sum(CLOTHO_CLIPS.values()) * CLOTHO_MEAN_SECONDS
@@ -593,14 +605,14 @@ def _extrapolate(cfg, report: dict[str, Any]) -> dict[str, Any]:
             "extraction_min": round(sum(CLOTHO_ARCHIVE_BYTES.values()) / extraction_rate / 60, 1),
             "features_min_one_process": round(audio_seconds / _stage(report, "log-mel")["audio_seconds_per_s"] / 60, 1),
             "caption_embeddings_min": round(captions / _stage(report, "caption embeddings")["captions_per_s"] / 60, 1),
-            "epoch_h": round(epoch_s / 3600, 2),
+            "validation_s_per_epoch": round(val_s, 1), "epoch_h": round(epoch_s / 3600, 2),
             **{f"run_{name}_{n}_epochs_days": round(((n + 1) * epoch_s - steps_per_epoch * step_s) / 86400, 1)
                for name, n in epochs.items()},
         },
         "t4": {
-            "efficiency": t4["efficiency"], "epoch_min": round(t4_epoch_s / 60, 1),
-            "epoch_min_at_ceiling": round((steps_per_epoch * t4["step_s_at_ceiling"]
-                                           + val_batches * t4["validation_forward_s_at_ceiling"]) / 60, 1),
+            "efficiency": t4["efficiency"], "step_s": t4["step_s"], "validation_s_per_epoch": round(t4_val_s, 3),
+            "epoch_min": round(t4_epoch_s / 60, 1),
+            "epoch_min_at_ceiling": round((steps_per_epoch * t4["step_s_at_ceiling"] + t4_val_ceiling_s) / 60, 1),
             **{f"run_{name}_{n}_epochs_h": round(((n + 1) * t4_epoch_s - steps_per_epoch * t4["step_s"]) / 3600, 2)
                for name, n in epochs.items()},
             "memory_batch32_gb": {"fp32": report["memory"]["model_gb_batch32_30s_fp32"],
@@ -670,12 +682,12 @@ def gpu_measurements(steps: int) -> dict[str, Any]:
 def _gpu_run(cfg, report: dict[str, Any]) -> dict[str, Any]:
     """The whole Clotho run on this GPU: training at the mixed-precision step time, plus the one-off stages."""
     clotho_sizes, mixed = report["extrapolation"]["clotho"], report["gpu"]["steps"]["mixed"]
-    epoch_s = (clotho_sizes["steps_per_epoch"] * mixed["step_s"]
-               + clotho_sizes["validation_batches"] * mixed["validation_forward_s"])
+    val_s = CLOTHO_CLIPS["validation"] * CAPTIONS_PER_CLIP * report["training"]["validation_s_per_caption"]  # the course's loop
+    train_s = clotho_sizes["steps_per_epoch"] * mixed["step_s"]
     audio_seconds = sum(CLOTHO_CLIPS.values()) * CLOTHO_MEAN_SECONDS
-    return {"epoch_min": round(epoch_s / 60, 2),
+    return {"validation_s_per_epoch": round(val_s, 1), "epoch_min": round((train_s + val_s) / 60, 2),
             "torch_log_mels_min": round(audio_seconds / report["gpu"]["torch_log_mel_audio_seconds_per_s"] / 60, 2),
-            **{f"run_{name}_{n}_epochs_h": round((n + 1) * epoch_s / 3600, 2)
+            **{f"run_{name}_{n}_epochs_h": round((n * train_s + (n + 1) * val_s) / 3600, 2)
                for name, n in clotho_sizes["epochs"].items()}}
 
 

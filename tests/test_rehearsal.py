@@ -106,8 +106,11 @@ def test_flops_memory_and_extrapolation_follow_from_the_measurements(smallest):
     t4 = report["t4"]
     assert t4["efficiency"] < t4["ceiling"] < 1  # the stated efficiency stays under the memory-traffic ceiling
     assert math.isclose(t4["step_s"], flops["train_step_tflop"] / (65.0 * t4["efficiency"]), rel_tol=1e-2)
+    validation = ex["this_machine"]["validation_s_per_epoch"]  # measured in the course's loop, scaled like the steps
+    assert math.isclose(ex["t4"]["validation_s_per_epoch"], validation * t4["step_s"] / ex["this_machine"]["step_s_batch32_30s"],
+                        rel_tol=0.02)
     for name, n in epochs.items():  # n training epochs plus n + 1 validations (epoch 0 only validates)
-        expected = (n * 600 * t4["step_s"] + (n + 1) * 164 * t4["validation_forward_s"]) / 3600
+        expected = (n * 600 * t4["step_s"] + (n + 1) * ex["t4"]["validation_s_per_epoch"]) / 3600
         assert math.isclose(ex["t4"][f"run_{name}_{n}_epochs_h"], expected, rel_tol=0.02)
     assert ex["disk_gb"]["total_while_archives_kept"] > ex["disk_gb"]["total_archives_deleted"] > 11
     memory = report["memory"]
