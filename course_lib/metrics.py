@@ -39,6 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "Retrieval", "audio_to_text", "jackknife_interval", "ranks_of", "read_ground_truth", "score_matrix", "score_submission",
+    "text_to_audio", "top_k", "write_submission",
+]
+
 CUTOFFS = (1, 5, 10)
 METRICS = ("R@1", "R@5", "R@10", "mAP@10")
 Z_95 = 1.96  # the normal quantile of a two-sided 95 % interval, as the official script uses
