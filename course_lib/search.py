@@ -53,8 +53,8 @@ from course_lib.metrics import ranks_of, top_k
 from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, embed_clips, load_trained_model
 
 __all__ = [
-    "ClipIndex", "Hit", "QueryError", "Results", "SearchEngine", "build_index", "load_index", "query_problem",
-    "fit_percentile", "sound_to_log_mel", "z_scores",
+    "ClipIndex", "Hit", "QueryError", "Results", "SearchEngine", "build_index", "fit_percentile", "load_index",
+    "query_problem", "sound_to_log_mel", "z_scores",
 ]
 
 MAX_QUERY_CHARS = 300  # Sentence-BERT reads at most 256-384 word pieces; a query is a sentence, not a page
