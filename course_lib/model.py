@@ -27,15 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import metrics
 from course_lib.checkpoints import CheckpointError, differences, load_checkpoint
 from course_lib.cnn14 import CNN14Encoder
 from course_lib.config import OUT_DIM, Config
+from course_lib.data import SplitData
 from course_lib.features import REBUILD_FEATURES, check_log_mel
 from course_lib.text_cache import caption_embeddings_path
 
 __all__ = [
-    "TextProjection", "DualEncoder", "embed_clips", "embed_captions", "load_trained_model", "run_dir_for",
-    "best_checkpoint_path", "model_from_identity",
+    "TextProjection", "DualEncoder", "embed_clips", "embed_captions", "evaluate_text_to_audio", "load_trained_model",
+    "run_dir_for", "best_checkpoint_path", "model_from_identity",
 ]
 
 
@@ -105,6 +107,14 @@ def embed_captions(model: DualEncoder, vectors: np.ndarray, batch_size: int = 40
     vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
     parts = [model.text_branch(vectors[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(vectors), batch_size)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.text_enc.fc.out_features), dtype=np.float32)
+
+
+def evaluate_text_to_audio(model: DualEncoder, split: SplitData, device: str = "cpu") -> metrics.Retrieval:
+    """DCASE text-to-audio retrieval on a split: every caption scored against every clip, each clip embedded whole."""
+    clip_fids = list(split.clip_fids)
+    scores = metrics.score_matrix(embed_captions(model, split.vectors, device=device),
+                                  embed_clips(model, split.h5_path, clip_fids, device=device))
+    return metrics.text_to_audio(scores, split.fids, clip_fids)
 
 
 def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu", cfg: Config | None = None) -> DualEncoder:

@@ -49,15 +49,10 @@ def full_course_environment(environ: dict[str, str]) -> dict[str, str]:
 
 def trained_model_scores(cfg) -> str:
     """The profile's trained model on the evaluation split: mAP@10 and R@1/5/10 with 95 % jackknife intervals."""
-    from course_lib import metrics
     from course_lib.data import load_split
-    from course_lib.model import embed_captions, embed_clips, load_trained_model
+    from course_lib.model import evaluate_text_to_audio, load_trained_model
 
-    evaluation = load_split(cfg, "evaluation")
-    model = load_trained_model(cfg)
-    clip_fids = list(evaluation.clip_fids)
-    scores = metrics.score_matrix(embed_captions(model, evaluation.vectors), embed_clips(model, evaluation.h5_path, clip_fids))
-    return str(metrics.text_to_audio(scores, evaluation.fids, clip_fids))
+    return str(evaluate_text_to_audio(load_trained_model(cfg), load_split(cfg, "evaluation")))
 
 
 def folder_size(path: Path) -> int:

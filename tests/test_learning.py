@@ -14,20 +14,16 @@ import pandas as pd
 import pytest
 import torch
 
-from course_lib import metrics
 from course_lib.cnn14 import encoder_from_config
 from course_lib.config import Config
 from course_lib.data import load_split
-from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, embed_clips, load_trained_model
+from course_lib.model import DualEncoder, best_checkpoint_path, evaluate_text_to_audio, load_trained_model
 from course_lib.search import SearchEngine
 from course_lib.train import read_history
 
 
 def evaluation_map10(model: DualEncoder, cfg: Config) -> float:
-    evaluation = load_split(cfg, "evaluation")
-    clip_fids = list(evaluation.clip_fids)
-    scores = metrics.score_matrix(embed_captions(model, evaluation.vectors), embed_clips(model, evaluation.h5_path, clip_fids))
-    return metrics.text_to_audio(scores, evaluation.fids, clip_fids).means["mAP@10"]
+    return evaluate_text_to_audio(model, load_split(cfg, "evaluation")).means["mAP@10"]
 
 
 def clips_with(cfg: Config, split: str, keyword: str) -> set[str]:

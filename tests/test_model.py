@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from tiny import write_tiny_profile, write_tiny_split
 
+from course_lib import metrics
 from course_lib.checkpoints import CheckpointError, save_checkpoint
 from course_lib.cnn14 import CNN14Encoder
-from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, embed_clips, load_trained_model
+from course_lib.model import (
+    DualEncoder,
+    best_checkpoint_path,
+    embed_captions,
+    embed_clips,
+    evaluate_text_to_audio,
+    load_trained_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +97,17 @@ def test_with_a_config_a_checkpoint_of_another_setup_is_refused(tmp_path: Path) 
     with pytest.raises(CheckpointError, match=f"{path} was made for another setup.*\n  text_dim: checkpoint 32, now 16"):
         load_trained_model(cfg)
     assert load_trained_model(path).text_enc.fc.in_features == 32  # by its path alone, it is what it says it is
+
+
+def test_evaluate_text_to_audio_scores_every_caption_against_each_whole_clip(tmp_path: Path) -> None:
+    split = write_tiny_split(tmp_path, "val", clips=5, frames=(70, 90))
+    torch.manual_seed(0)
+    model = DualEncoder(CNN14Encoder(300, 0.125), text_dim=16).eval()
+    clip_fids = list(split.clip_fids)
+    with h5py.File(split.h5_path, "r") as h5, torch.no_grad():  # one clip a forward pass, nothing padded
+        clips = np.concatenate([model.audio_branch(torch.from_numpy(h5[fid][()])[None]).numpy() for fid in clip_fids])
+        captions = model.text_branch(torch.from_numpy(split.vectors)).numpy()
+    expected = metrics.text_to_audio(captions @ clips.T, split.fids, clip_fids)
+    got = evaluate_text_to_audio(model, split)
+    assert len(got.ranks) == len(split.fids)
+    assert np.array_equal(got.ranks, expected.ranks) and got.means == pytest.approx(expected.means)
