@@ -266,11 +266,12 @@ class _Traffic(TorchDispatchMode):
 
 
 @functools.lru_cache(maxsize=64)
-def count_step(batch: int, frames: int, text_dim: int = 768, half: bool = False, training: bool = True) -> dict[str, float]:
+def count_step(batch: int, frames: int, text_dim: int = 768, half: bool = False, training: bool = True,
+               width: float = 1.0) -> dict[str, float]:
     """FLOPs and bytes moved by one training step (or one validation forward) of the clotho model, on the meta device."""
     dtype = torch.float16 if half else torch.float32
     with torch.device("meta"):
-        model = DualEncoder(CNN14Encoder(300, 1.0), text_dim).to(dtype).train(training)
+        model = DualEncoder(CNN14Encoder(300, width), text_dim).to(dtype).train(training)
     audio = torch.zeros(batch, frames, 64, device="meta", dtype=dtype)
     text = torch.zeros(batch, text_dim, device="meta", dtype=dtype)
     flops, traffic = FlopCounterMode(display=False), _Traffic()
@@ -350,8 +351,8 @@ def _rehearse(settings: Settings, work: Path) -> dict[str, Any]:
     report["memory"] = _memory(report)
     report["extrapolation"] = _extrapolate(cfg, report)
     if settings.device == "cuda":
-        report["gpu"] = gpu_measurements(settings.gpu_steps)
-        report["extrapolation"]["this_gpu"] = _gpu_run(cfg, report)
+        report["gpu"] = device_measurements("cuda", settings.gpu_steps)
+        report["extrapolation"]["this_gpu"] = _gpu_run(report)
     report["machine"]["load_average_1min_after"] = round(os.getloadavg()[0], 2)  # other work on the machine skews every time
     return report
 
@@ -625,61 +626,85 @@ def _extrapolate(cfg, report: dict[str, Any]) -> dict[str, Any]:
 # --- on a GPU --------------------------------------------------------------------------------------------------------------
 
 
-def gpu_measurements(steps: int) -> dict[str, Any]:
-    """Step time and peak memory at batch 32 x 30 s in fp32 and mixed precision; torch log-mel throughput. CUDA only."""
-    device = torch.device("cuda")
+def device_measurements(device: str, steps: int = 5, batch: int = 32, frames: int = FULL_FRAMES, clips: int = 16,
+                        clip_seconds: float = 30.0, width: float = 1.0) -> dict[str, Any]:
+    """Step time and peak memory of a training step (default batch 32 x 30 s) in fp32 and mixed precision, and the torch
+    log-mel throughput, on ``device``.
+
+    Made for CUDA (benchmarks/rehearsal_gpu.sh). On a CPU, as the tests run it at small sizes, "mixed" is fp32 too (the
+    course's autocast acts on CUDA only) and the peak memory is the process's RSS; ``width`` < 1 makes it quick there.
+    """
+    dev = torch.device(device)
     rows = {}
     for variant in ("fp32", "mixed"):
-        torch.manual_seed(0)
-        model = DualEncoder(CNN14Encoder(300, 1.0), 768).to(device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        dtype = train.autocast_dtype(device) if variant == "mixed" else None
-        autocast = torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
-        audio = torch.randn(32, FULL_FRAMES, 64, device=device) - 10
-        text = torch.nn.functional.normalize(torch.randn(32, 768, device=device), dim=1)
-        ids = torch.arange(32, device=device)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(steps + 2):  # two warm-up steps (cuDNN picks its algorithms)
-            started = time.perf_counter()
-            train_step(model, optimizer, audio, text, ids, autocast)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-        peak = torch.cuda.max_memory_allocated()
-        model.eval()
-        forward = []
-        with torch.no_grad():
-            for _ in range(steps + 1):
-                started = time.perf_counter()
-                with autocast:
-                    model(audio, text)
-                torch.cuda.synchronize()
-                forward.append(time.perf_counter() - started)
-        step_s = float(np.median(times[2:]))
-        rows[variant] = {"dtype": str(dtype or torch.float32).removeprefix("torch."), "step_s": round(step_s, 4),
-                         "validation_forward_s": round(float(np.median(forward[1:])), 4),
-                         "peak_gpu_gb": round(peak / 1e9, 2),
-                         "memory_model_gb": round(step_memory(FULL_FRAMES, half=dtype is not None).total(32) / 1e9, 2),
-                         "achieved_tflops": round(count_step(32, FULL_FRAMES)["flops"] / step_s / 1e12, 1)}
-        del model, optimizer, audio, text
-        torch.cuda.empty_cache()
-    transform = features.TorchLogMel().to(device)
-    host = torch.randn(16, 30 * SAMPLE_RATE).mul_(0.1).pin_memory()
-    times = []
-    for _ in range(steps + 1):
-        started = time.perf_counter()
-        transform(host.to(device, non_blocking=True))
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return {"name": torch.cuda.get_device_name(0), "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        rows[variant] = _step_row(dev, variant, steps, batch, frames, width)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()  # the next precision starts from an empty cache
+    transform = features.TorchLogMel().to(dev)
+    host = torch.randn(clips, int(clip_seconds * SAMPLE_RATE)).mul_(0.1)
+    host = host.pin_memory() if dev.type == "cuda" else host
+    times = _timed(dev, steps + 1, lambda: transform(host.to(dev, non_blocking=True)))
+    cuda = dev.type == "cuda"
+    return {"name": torch.cuda.get_device_name(dev) if cuda else "CPU", "peak_memory_is": "allocated GPU memory" if cuda
+            else "process RSS", "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "total_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1),
-            "steps": rows, "torch_log_mel_audio_seconds_per_s": round(16 * 30 / float(np.median(times[1:]))),
-            "torch_log_mel_note": "16 clips of 30 s a call, host-to-GPU copy included, wav decoding not"}
+            "total_memory_gb": round((torch.cuda.get_device_properties(dev).total_memory if cuda
+                                      else psutil.virtual_memory().total) / 1e9, 1),
+            "steps": rows, "torch_log_mel_audio_seconds_per_s": round(clips * clip_seconds / float(np.median(times[1:])), 1),
+            "torch_log_mel_note": f"{clips} clips of {clip_seconds:g} s a call, host-to-device copy included, wav decoding not"}
 
 
-def _gpu_run(cfg, report: dict[str, Any]) -> dict[str, Any]:
+def _step_row(device: torch.device, variant: str, steps: int, batch: int, frames: int, width: float) -> dict[str, Any]:
+    """One precision's median step time (after two warm-ups), validation forward time and peak memory."""
+    torch.manual_seed(0)
+    model = DualEncoder(CNN14Encoder(300, width), 768).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    dtype = train.autocast_dtype(device) if variant == "mixed" else None
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    audio = torch.randn(batch, frames, 64, device=device) - 10
+    text = torch.nn.functional.normalize(torch.randn(batch, 768, device=device), dim=1)
+    ids = torch.arange(batch, device=device)
+    exact = _reset_peak(device)
+    times = _timed(device, steps + 2, lambda: train_step(model, optimizer, audio, text, ids, autocast))
+    peak = _peak(device)
+    model.eval()
+    with torch.no_grad(), autocast:
+        forward = _timed(device, steps + 1, lambda: model(audio, text))
+    step_s = float(np.median(times[2:]))
+    row = {"dtype": str(dtype or torch.float32).removeprefix("torch."), "shape": [batch, frames], "step_s": round(step_s, 4),
+           "validation_forward_s": round(float(np.median(forward[1:])), 4), "peak_memory_gb": round(peak / 1e9, 2),
+           "peak_exact": exact,
+           "memory_model_gb": round(step_memory(frames, width=width, half=dtype is not None).total(batch) / 1e9, 2),
+           "achieved_tflops": round(count_step(batch, frames, width=width)["flops"] / step_s / 1e12, 3)}
+    return row  # the model and its optimiser go with this function's frame
+
+
+def _timed(device: torch.device, repeats: int, work) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``work``, the device synchronised around each."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _reset_peak(device: torch.device) -> bool:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    return _reset_peak_rss()
+
+
+def _peak(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
+
+
+def _gpu_run(report: dict[str, Any]) -> dict[str, Any]:
     """The whole Clotho run on this GPU: training at the mixed-precision step time, plus the one-off stages."""
     clotho_sizes, mixed = report["extrapolation"]["clotho"], report["gpu"]["steps"]["mixed"]
     val_s = CLOTHO_CLIPS["validation"] * CAPTIONS_PER_CLIP * report["training"]["validation_s_per_caption"]  # the course's loop

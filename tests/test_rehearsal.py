@@ -25,6 +25,7 @@ import torch
 from clotho_fixtures import write_clotho_folder
 
 from course_lib import _text_models, clotho, download, panns, train
+from course_lib._gpu_memory import step_memory
 from course_lib._stand_ins import ALL_MPNET_BASE_V2, FileServer, pack_clotho_files, remote_files
 from course_lib.clotho import split_file_names
 from course_lib.config import SPLITS, load_config
@@ -142,6 +143,22 @@ def test_the_batch_is_lowered_to_what_fits_and_says_so(monkeypatch):
     assert 1 <= batch < 32 and f"{batch} is the largest that fits" in reason
     monkeypatch.setattr(rehearsal.psutil, "virtual_memory", lambda: types.SimpleNamespace(available=64 * 1024**3))
     assert rehearsal._batch_size(32, settings, 1501)[0] == 32
+
+
+def test_the_gpu_measurements_run_on_the_cpu_path():
+    """The code benchmarks/rehearsal_gpu.sh runs on a GPU, at a small size on this CPU (a narrow CNN14, 2 x 2 s)."""
+    measured = rehearsal.device_measurements("cpu", steps=1, batch=2, frames=101, clips=2, clip_seconds=1.0, width=0.125)
+    assert set(measured["steps"]) == {"fp32", "mixed"} and measured["peak_memory_is"] == "process RSS"
+    for row in measured["steps"].values():
+        assert row["dtype"] == "float32" and row["shape"] == [2, 101]  # the course's autocast acts on CUDA only
+        assert row["step_s"] > 0 and row["validation_forward_s"] > 0 and row["peak_memory_gb"] > 0
+        assert row["memory_model_gb"] == round(step_memory(101, width=0.125).total(2) / 1e9, 2)
+    assert measured["torch_log_mel_audio_seconds_per_s"] > 0
+    report = {"extrapolation": {"clotho": {"steps_per_epoch": 600, "epochs": {"baseline": 80, "fast": 20}}},
+              "gpu": {**measured, "torch_log_mel_audio_seconds_per_s": 5000.0}, "training": {"validation_s_per_caption": 0.01}}
+    run = rehearsal._gpu_run(report)
+    step_s, validation_s = measured["steps"]["mixed"]["step_s"], 0.01 * 1045 * 5
+    assert math.isclose(run["run_fast_20_epochs_h"], (20 * 600 * step_s + 21 * validation_s) / 3600, rel_tol=0.01, abs_tol=0.01)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal cannot happen")
