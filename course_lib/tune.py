@@ -54,8 +54,8 @@ METRIC, MODE = "val_t2a_map10", "max"  # what ranks trials: losses at different 
 def trial(config: dict[str, Any], cfg: Config) -> None:
     """One Tune trial: ``train.train`` with this trial's values, reporting and checkpointing every epoch.
 
-    Taught in notebook 08, section 1. ``config`` holds "recipe" (baseline | fast), optionally "max_epochs" and
-    "seed", and any recipe value to change ("lr", "temperature", "batch_size", ...).
+    Taught in notebook 08, section 1. ``config`` holds any recipe value to change ("lr", "temperature", "batch_size",
+    ...) and optionally "recipe" (a recipe of baseline.yaml; default: the profile's), "max_epochs" and "seed".
     """
     tune = _ray("ray.tune")
     # The trial's recipe: a course recipe with this trial's values in place of its own.
@@ -90,13 +90,11 @@ def trial_recipe(cfg: Config, config: dict[str, Any]) -> tuple[str, Config]:
 
 
 def search_space(max_epochs: int = 4) -> dict[str, Any]:
-    """The notebook's search: learning rate, temperature, batch size and recipe, each trial at most max_epochs.
-
-    Taught in notebook 08, section 2.
+    """The notebook's search: learning rate, temperature and batch size of the profile's recipe, each trial at most
+    max_epochs. Taught in notebook 08, section 2.
     """
     tune = _ray("ray.tune")
     return {
-        "recipe": tune.choice(["baseline", "fast"]),
         "lr": tune.loguniform(3e-4, 3e-3),
         "temperature": tune.choice([0.05, 0.07, 0.1]),
         "batch_size": tune.choice([16, 32]),

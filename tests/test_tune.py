@@ -152,6 +152,45 @@ def test_the_baseline_trial_is_the_baseline_recipe_unchanged(tiny_cfg) -> None:
     assert (settings["lr"], settings["batch_size"], settings["temperature"], settings["max_epochs"]) == (1e-3, 32, 0.07, 80)
 
 
+def received_by_train(cfg, config: dict, monkeypatch, tmp_path) -> dict:
+    """Run course_lib.tune.trial on ``config`` outside Tune, with train.train replaced by a recorder: the recipe
+    settings (max_epochs included) that train.train would train with."""
+    from ray import tune
+
+    received = {}
+
+    def record(trial_cfg, recipe, seed=0, run_dir=None, max_epochs=None, callback=None, verbose=True):
+        settings = recipe_settings(trial_cfg, recipe)[1]
+        received.update(settings, max_epochs=settings["max_epochs"] if max_epochs is None else max_epochs, seed=seed)
+
+    monkeypatch.setattr(course_tune.train, "train", record)
+    monkeypatch.setattr(tune, "get_context", lambda: types.SimpleNamespace(get_trial_dir=lambda: str(tmp_path)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    course_tune.trial(config, cfg)
+    return received
+
+
+@needs_ray
+def test_every_dimension_of_notebook_08s_search_space_changes_what_a_trial_trains(tiny_cfg, monkeypatch, tmp_path) -> None:
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    notebook = json.loads((REPO / "notebooks" / "08_tuning_with_ray.ipynb").read_text(encoding="utf-8"))
+    assert any("course_tune.search_space(" in "".join(cell["source"]) for cell in notebook["cells"])
+    space = course_tune.search_space(max_epochs=3)
+    for key, domain in space.items():
+        if isinstance(domain, Categorical):
+            one, other = domain.categories[0], domain.categories[-1]
+        elif isinstance(domain, Float | Integer):
+            one, other = domain.lower, domain.upper
+        else:  # a fixed value
+            one, other = domain, domain + 1
+        draw = {name: value.sample() if hasattr(value, "sample") else value for name, value in space.items()}
+        first = received_by_train(tiny_cfg, {**draw, key: one}, monkeypatch, tmp_path)
+        second = received_by_train(tiny_cfg, {**draw, key: other}, monkeypatch, tmp_path)
+        changed = {name for name in first if first[name] != second[name]}
+        assert changed == {key}, f"search space dimension {key!r}: {one!r} -> {other!r} changed {sorted(changed)} of a trial"
+
+
 # --- with a local Ray ----------------------------------------------------------------------------
 
 
