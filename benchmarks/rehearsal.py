@@ -105,19 +105,25 @@ class Stages:
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), self._cpu_seconds()
         print(f"\n--- {name}", flush=True)
         yield details
         if self.device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         peak = _peak_rss() if exact else max(_peak_rss(), self.process.memory_info().rss)
-        row = {"stage": name, "course_path": course_path, "seconds": round(seconds, 2), "peak_rss_gb": round(peak / 1e9, 2),
+        row = {"stage": name, "course_path": course_path, "seconds": round(seconds, 2),
+               "cpu_seconds": round(self._cpu_seconds() - cpu, 1), "peak_rss_gb": round(peak / 1e9, 2),
                "added_rss_gb": round(max(0, peak - before) / 1e9, 2), "peak_rss_exact": exact, **details}
         if self.device == "cuda":
             row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
         self.rows.append(row)
         print(f"--- {name}: {seconds:.1f} s, peak RSS {peak / 1e9:.2f} GB", flush=True)
+
+    def _cpu_seconds(self) -> float:
+        """CPU time of this process's threads and its finished worker processes: what other work on the machine cannot inflate."""
+        times = self.process.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
 
 
 def _reset_peak_rss() -> bool:
@@ -142,15 +148,15 @@ def _peak_rss() -> int:
 
 
 @contextmanager
-def step_clock(device: str) -> Iterator[list[tuple[float, bool, tuple[int, ...]]]]:
-    """(time, training?, input shape) at every CNN14Encoder forward: in training mode, one a step of the course's loop."""
-    events: list[tuple[float, bool, tuple[int, ...]]] = []
+def step_clock(device: str) -> Iterator[list[tuple]]:
+    """(time, training?, input shape, CPU time) at every CNN14Encoder forward: in training mode, one a step of the loop."""
+    events: list[tuple] = []
 
     def hook(module: torch.nn.Module, args: tuple) -> None:
         if isinstance(module, CNN14Encoder):
             if device == "cuda":
                 torch.cuda.synchronize()
-            events.append((time.perf_counter(), module.training, tuple(args[0].shape)))
+            events.append((time.perf_counter(), module.training, tuple(args[0].shape), time.process_time()))
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
     try:
@@ -159,13 +165,13 @@ def step_clock(device: str) -> Iterator[list[tuple[float, bool, tuple[int, ...]]
         handle.remove()
 
 
-def step_times(events: list[tuple[float, bool, tuple[int, ...]]], ended: float) -> list[dict[str, Any]]:
-    """Each training step's shape and time: from its forward to the next forward (the next step's, or validation's)."""
+def step_times(events: list[tuple], ended: tuple[float, float]) -> list[dict[str, Any]]:
+    """Each training step's shape, wall time and CPU time: from its forward to the next forward (a step's or validation's)."""
     steps = []
-    for i, (start, training, shape) in enumerate(events):
+    for i, (start, training, shape, cpu) in enumerate(events):
         if training:
-            end = events[i + 1][0] if i + 1 < len(events) else ended
-            steps.append({"batch": shape[0], "frames": shape[1], "seconds": end - start})
+            end, cpu_end = events[i + 1][0::3] if i + 1 < len(events) else ended
+            steps.append({"batch": shape[0], "frames": shape[1], "seconds": end - start, "cpu_seconds": cpu_end - cpu})
     return steps
 
 
@@ -405,7 +411,7 @@ def _course_path(cfg, settings: Settings, stages: Stages, server: FileServer, re
     cfg.training[recipe_name]["batch_size"] = batch
     with stages.stage(f"training: 1 epoch of {recipe_name!r} at batch {batch}") as info, step_clock(settings.device) as events:
         checkpoint = train.train(cfg, recipe_name, max_epochs=1)
-        ended = time.perf_counter()
+        ended = time.perf_counter(), time.process_time()
         history = train.read_history(run_dir_for(cfg, recipe_name))
         info["batch_size"], info["batch_reason"] = batch, reason
         info["train_loss"] = round(float(history["train_loss"].iloc[-1]), 4)
@@ -415,7 +421,7 @@ def _course_path(cfg, settings: Settings, stages: Stages, server: FileServer, re
         "recipe": recipe_name, "same_step_as_baseline": {k: v for k, v in recipe.items() if k != "max_epochs"}
         == {k: v for k, v in baseline.items() if k != "max_epochs"}, "batch_size": batch, "batch_reason": reason,
         "mixed_precision": settings.device == "cuda" and bool(recipe.get("mixed_precision", True)),
-        "steps": [{**step, "seconds": round(step["seconds"], 2)} for step in steps],
+        "steps": [{**step, "seconds": round(step["seconds"], 2), "cpu_seconds": round(step["cpu_seconds"], 1)} for step in steps],
         "validation_s_per_caption": round(_validation_seconds(history, steps) / len(tables["validation"]), 4),
         "history": history.to_dict(orient="records"),
     }
@@ -722,11 +728,16 @@ def _gpu_run(report: dict[str, Any]) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     """The stage table, the shapes, the training steps and the extrapolation, as plain text."""
     print("\n" + "=" * 100)
-    print(f"{'stage':<66} {'wall s':>8} {'peak RSS GB':>12} {'added GB':>9}" + ("  GPU GB" if "gpu" in report else ""))
+    gpu_column = "  GPU GB" if "gpu" in report else ""
+    print(f"{'stage':<62} {'wall s':>8} {'CPU s':>7} {'peak RSS GB':>12} {'added GB':>9}{gpu_column}")
     for row in report["stages"]:
         gpu = f"  {row['peak_gpu_gb']:>6.2f}" if "peak_gpu_gb" in row else ""
-        print(f"{row['stage'][:66]:<66} {row['seconds']:>8.1f} {row['peak_rss_gb']:>12.2f} {row['added_rss_gb']:>9.2f}{gpu}")
-    print(f"{'total (course path)':<66} {sum(r['seconds'] for r in report['stages'] if r['course_path']):>8.1f}")
+        print(f"{row['stage'][:62]:<62} {row['seconds']:>8.1f} {row['cpu_seconds']:>7.1f} {row['peak_rss_gb']:>12.2f} "
+              f"{row['added_rss_gb']:>9.2f}{gpu}")
+    course = [row for row in report["stages"] if row["course_path"]]
+    print(f"{'total (course path)':<62} {sum(r['seconds'] for r in course):>8.1f} {sum(r['cpu_seconds'] for r in course):>7.1f}")
+    print(f"{'total':<62} {sum(r['seconds'] for r in report['stages']):>8.1f}   (load average before "
+          f"{report['machine']['load_average_1min_before']}, after {report['machine']['load_average_1min_after']})")
     shapes, training = report["shapes"], report["training"]
     print(f"\nclips {shapes['clips']}, {shapes['shortest_clip_s']}-{shapes['longest_clip_s']} s ({shapes['frames'][0]}-"
           f"{shapes['frames'][1]} frames); text {shapes['text_dimension']}-d; audio encoder "
@@ -734,7 +745,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"training: recipe {training['recipe']!r} (a step identical to the baseline's: {training['same_step_as_baseline']}), "
           f"batch {training['batch_size']} ({training['batch_reason']})")
     for step in training["steps"]:
-        print(f"  step at {step['batch']} x {step['frames']} frames: {step['seconds']:.2f} s")
+        print(f"  step at {step['batch']} x {step['frames']} frames: {step['seconds']:.2f} s ({step['cpu_seconds']:.1f} CPU s)")
     flops, memory, t4 = report["flops"], report["memory"], report["t4"]
     print(f"one training step at batch 32 x 30 s: {flops['train_step_tflop']} TFLOP (validation forward "
           f"{flops['validation_forward_tflop']} TFLOP)")

@@ -130,10 +130,13 @@ def test_evaluation_submission_search_and_released_layouts(smallest):
 
 
 def test_step_times_run_from_one_training_forward_to_the_next():
-    events = [(0.0, False, (8, 100, 64)), (1.0, True, (4, 120, 64)), (3.5, True, (4, 90, 64)), (4.0, False, (8, 100, 64))]
-    assert rehearsal.step_times(events, ended=9.0) == [{"batch": 4, "frames": 120, "seconds": 2.5},
-                                                       {"batch": 4, "frames": 90, "seconds": 0.5}]
-    assert rehearsal.step_times([(2.0, True, (3, 80, 64))], ended=5.0)[0]["seconds"] == 3.0
+    events = [(0.0, False, (8, 100, 64), 0.0), (1.0, True, (4, 120, 64), 1.5), (3.5, True, (4, 90, 64), 6.5),
+              (4.0, False, (8, 100, 64), 7.5)]
+    assert rehearsal.step_times(events, ended=(9.0, 17.0)) == [
+        {"batch": 4, "frames": 120, "seconds": 2.5, "cpu_seconds": 5.0},
+        {"batch": 4, "frames": 90, "seconds": 0.5, "cpu_seconds": 1.0}]
+    assert rehearsal.step_times([(2.0, True, (3, 80, 64), 1.0)], ended=(5.0, 7.0))[0] == {
+        "batch": 3, "frames": 80, "seconds": 3.0, "cpu_seconds": 6.0}  # the last step ends with the training
 
 
 def test_the_batch_is_lowered_to_what_fits_and_says_so(monkeypatch):
