@@ -145,7 +145,7 @@ def load_changed(tmp_path, change) -> ConfigError:
      "profiles.clotho.splits is 'development'; it must be a list of distinct splits, such as [development, validation, "
      "evaluation]."),
     (lambda c: c["profiles"]["clotho"].update(device="gpu"),
-     "profiles.clotho.device is 'gpu'; it must be one of 'auto', 'cpu', 'cuda'."),
+     "profiles.clotho.device is 'gpu'; it must be one of 'auto', 'cpu', 'cuda', 'mps'."),
     (lambda c: c["profiles"]["synthetic"]["audio_encoder"].update(pretrained="no"),
      "profiles.synthetic.audio_encoder.pretrained is 'no'; it must be true or false."),
     (lambda c: c["profiles"]["synthetic"]["synth"].update(min_seconds=9.0),
