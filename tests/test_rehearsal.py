@@ -100,8 +100,9 @@ def test_flops_memory_and_extrapolation_follow_from_the_measurements(smallest):
     assert 5.0 < flops["train_step_tflop"] < 6.5  # about 30 G multiply-adds a 30 s clip forward, x2, x3 with backward
     assert 2.5 < flops["train_step_tflop"] / flops["validation_forward_tflop"] < 3.5
     cfg = load_config("clotho", data_root=folder / "epochs")
-    epochs = {"baseline": train.recipe_settings(cfg, "baseline")[1]["max_epochs"],
-              cfg.settings["training_recipe"]: train.recipe_settings(cfg)[1]["max_epochs"]}
+    epochs = rehearsal.epoch_budgets(cfg)
+    assert epochs["baseline"] == train.recipe_settings(cfg, "baseline")[1]["max_epochs"] == 80  # the published recipe
+    assert epochs["profile"] == cfg.settings.get("epoch_budget", train.recipe_settings(cfg)[1]["max_epochs"]) < 80
     ex = report["extrapolation"]
     assert ex["clotho"]["epochs"] == epochs and ex["clotho"]["steps_per_epoch"] == 600
     t4 = report["t4"]
@@ -118,6 +119,9 @@ def test_flops_memory_and_extrapolation_follow_from_the_measurements(smallest):
     assert memory["model_gb_batch32_30s_16bit"] < memory["model_gb_batch32_30s_fp32"]
     assert 0.5 < memory["model_gb_at_training_shape"] / memory["measured_gb"] < 2  # the model is near what was measured
     assert json.loads((folder / "rehearsal.json").read_text())["flops"] == flops
+    copy = folder / "recomputed.json"
+    shutil.copyfile(folder / "rehearsal.json", copy)
+    assert rehearsal.recompute(copy)["extrapolation"] == ex  # derived from the saved measurements alone
 
 
 def test_evaluation_submission_search_and_released_layouts(smallest):
@@ -157,11 +161,13 @@ def test_the_gpu_measurements_run_on_the_cpu_path():
         assert row["step_s"] > 0 and row["validation_forward_s"] > 0 and row["peak_memory_gb"] > 0
         assert row["memory_model_gb"] == round(step_memory(101, width=0.125).total(2) / 1e9, 2)
     assert measured["torch_log_mel_audio_seconds_per_s"] > 0
-    report = {"extrapolation": {"clotho": {"steps_per_epoch": 600, "epochs": {"baseline": 80, "fast": 20}}},
+    report = {"extrapolation": {"clotho": {"steps_per_epoch": 600}},
               "gpu": {**measured, "torch_log_mel_audio_seconds_per_s": 5000.0}, "training": {"validation_s_per_caption": 0.01}}
+    report["extrapolation"]["clotho"]["epochs"] = {"baseline": 80, "profile": 20}
     run = rehearsal._gpu_run(report)
     step_s, validation_s = measured["steps"]["mixed"]["step_s"], 0.01 * 1045 * 5
-    assert math.isclose(run["run_fast_20_epochs_h"], (20 * 600 * step_s + 21 * validation_s) / 3600, rel_tol=0.01, abs_tol=0.01)
+    expected_h = (20 * 600 * step_s + 21 * validation_s) / 3600  # 20 training epochs, 21 validations (epoch 0's too)
+    assert math.isclose(run["run_profile_20_epochs_h"], expected_h, rel_tol=0.01, abs_tol=0.01)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the refusal cannot happen")
