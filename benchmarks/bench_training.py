@@ -1,17 +1,19 @@
-"""Training throughput of both recipes: samples/s, audio-seconds/s, peak memory; Clotho epoch and run estimates.
+"""Training throughput of the baseline recipe (whole clips, and 250-frame crops for comparison): samples/s,
+audio-seconds/s, peak memory; Clotho epoch and run estimates.
 
 Usage: python benchmarks/bench_training.py [--quick] [--steps 3] [--device auto]
 One training step = forward of both branches, InfoNCE, backward, Adam update. Shapes: the synthetic
 profile's (CNN14 width 0.125, 5-8 s clips, MiniLM 384-d) and Clotho's (full width, 15-30 s clips,
-mpnet 768-d), batch 32. The baseline recipe pads whole clips to the longest of the batch; the fast one
-takes random crops (course_lib/baseline.yaml). On a GPU also bf16/fp16 autocast, channels_last and
-torch.compile, and the fraction of the GPU's peak FLOP rate (FLOPs counted by torch.utils.flop_counter);
-on a CPU those rows say they were skipped. Saves benchmarks/results/training.json (.quick.json with --quick).
+mpnet 768-d), batch 32. The baseline recipe pads whole clips to the longest of the batch; the crop rows
+take random 250-frame windows instead (a variation measured, not a recipe of the course). On a GPU also
+bf16/fp16 autocast, channels_last and torch.compile, and the fraction of the GPU's peak FLOP rate (FLOPs
+counted by torch.utils.flop_counter); on a CPU those rows say they were skipped. Saves
+benchmarks/results/training.json (.quick.json with --quick).
 
 Estimates: one Clotho epoch = 600 training steps (19,195 captions, batch 32) plus a validation pass
 (5,225 captions with whole clips, forward only, counted as a third of a training step's work each);
-a full run = the recipe's max_epochs (80 baseline, 30 fast). The T4 figure is scaled from the FLOPs
-counted per step, at an assumed 30% of the T4's 65 TFLOP/s fp16 tensor peak (8.1 TFLOP/s fp32).
+a run = the clotho profile's epoch budget (baseline.yaml), and all of the recipe's max_epochs (80). The T4
+figure is scaled from the FLOPs counted per step, at an assumed 30% of the T4's 65 TFLOP/s fp16 tensor peak.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from course_lib.config import load_config, resolve_device
 from course_lib.data import PAD_VALUES, Collate
 from course_lib.loss import infonce_loss
 from course_lib.model import DualEncoder
-from course_lib.train import autocast_dtype, recipe_settings
+from course_lib.train import autocast_dtype, epoch_budget, recipe_settings
 
 HOP_S = 0.02
 SHAPES = {
@@ -42,6 +44,7 @@ CLOTHO_STEPS_PER_EPOCH, CLOTHO_VAL_CAPTIONS = 600, 5225
 PEAK_TFLOPS = {"T4": {"fp16": 65.0, "fp32": 8.1}, "A100": {"bf16": 312.0, "fp32": 19.5}, "L4": {"bf16": 121.0, "fp32": 30.3},
                "H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0}}
 T4_EFFICIENCY = 0.30
+VARIATIONS = {"baseline": {}, "baseline, 250-frame crops": {"crop_frames": 250, "pad_value": "silence"}}
 
 
 def make_batch(shape: dict, recipe: dict, batch: int, rng: np.random.Generator):
@@ -63,8 +66,8 @@ def train_step(model, optimizer, audio, text, ids, autocast) -> None:
 
 
 def measure(shape_name: str, recipe_name: str, variant: str, device: torch.device, steps: int, batch: int) -> dict:
-    """Median step time of one (shape, recipe, variant); variant: fp32, autocast, channels_last, compile."""
-    shape, recipe = SHAPES[shape_name], recipe_settings(load_config(), recipe_name)[1]
+    """Median step time of one (shape, recipe variation, variant); variant: fp32, autocast, channels_last, compile."""
+    shape, recipe = SHAPES[shape_name], {**recipe_settings(load_config(), "baseline")[1], **VARIATIONS[recipe_name]}
     torch.manual_seed(0)
     model = DualEncoder(CNN14Encoder(300, shape["width"]), shape["text_dim"]).to(device).train()
     if variant == "channels_last":
@@ -108,8 +111,11 @@ def estimates(row: dict, recipe: dict) -> dict:
     epoch_steps = CLOTHO_STEPS_PER_EPOCH + CLOTHO_VAL_CAPTIONS / row["batch"] / 3 * longer
     epoch_s = epoch_steps * row["step_s"]
     t4_epoch_s = epoch_steps * row["tflop_per_step"] * 1e12 / (PEAK_TFLOPS["T4"]["fp16"] * T4_EFFICIENCY * 1e12)
-    return {"epoch_s": round(epoch_s, 1), "run_h": round(epoch_s * recipe["max_epochs"] / 3600, 2),
-            "t4_epoch_s_estimate": round(t4_epoch_s, 1), "t4_run_h_estimate": round(t4_epoch_s * recipe["max_epochs"] / 3600, 2)}
+    budget = epoch_budget(load_config("clotho"), recipe)
+    return {"epoch_s": round(epoch_s, 1), "budget_epochs": budget, "run_h": round(epoch_s * budget / 3600, 2),
+            "full_run_h": round(epoch_s * recipe["max_epochs"] / 3600, 2), "t4_epoch_s_estimate": round(t4_epoch_s, 1),
+            "t4_run_h_estimate": round(t4_epoch_s * budget / 3600, 2),
+            "t4_full_run_h_estimate": round(t4_epoch_s * recipe["max_epochs"] / 3600, 2)}
 
 
 def main() -> None:
@@ -124,9 +130,9 @@ def main() -> None:
     skipped = [] if device.type == "cuda" else ["autocast, channels_last, torch.compile and peak-FLOP fraction: skipped (no GPU)"]
     rows = []
     for shape in SHAPES:
-        for recipe in ("baseline", "fast"):
+        for recipe in VARIATIONS:
             for variant in variants:
-                if shape == "clotho" and device.type == "cpu" and (args.quick and recipe == "baseline"):
+                if shape == "clotho" and device.type == "cpu" and args.quick and recipe != "baseline":
                     continue
                 cpu_steps = min(steps, 2) if shape == "clotho" and device.type == "cpu" else steps  # full width is slow on a CPU
                 try:

@@ -326,7 +326,7 @@ RECIPE_SCHEMA: dict[str, Any] = {
 PROFILE_SCHEMA: dict[str, Any] = {
     "?description": _text, "dataset": _one_of("synthetic", "clotho"), "?splits": _splits,
     "audio_encoder": {"width": _POSITIVE, "pretrained": _flag}, "text_model": _text,
-    "?device": _one_of("auto", "cpu", "cuda", "mps"), "?training_recipe": _text,
+    "?device": _one_of("auto", "cpu", "cuda", "mps"), "?training_recipe": _text, "?epoch_budget": _COUNT,
 }
 SYNTH_SCHEMA: dict[str, Any] = {"?seed": _COUNT_OR_ZERO, "?clips": _clip_counts, "?min_seconds": _POSITIVE,
                                 "?max_seconds": _POSITIVE}

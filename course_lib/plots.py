@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import librosa.display
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from IPython.display import Audio, display
 
 from course_lib.config import HOP_SECONDS, SAMPLE_RATE
@@ -20,8 +21,8 @@ from course_lib.features import log_mel
 
 __all__ = [
     "STAGE_NOTES", "plot_bar", "plot_clip", "plot_filter_bank", "plot_histogram", "plot_log_mel", "plot_pipeline",
-    "plot_similarity_heatmap", "plot_similarity_histograms", "plot_spectrogram", "plot_time_steps", "plot_waveform",
-    "show_clip",
+    "plot_similarity_heatmap", "plot_similarity_histograms", "plot_spectrogram", "plot_time_steps", "plot_training_curves",
+    "plot_waveform", "show_clip",
 ]
 
 
@@ -182,6 +183,27 @@ def plot_similarity_heatmap(
     ax.set(title=title)
     plt.colorbar(image, ax=ax, label="cosine similarity")
     return ax
+
+
+# --- training (notebook 05) -----------------------------------------------------------------
+
+
+def plot_training_curves(history: pd.DataFrame | Sequence[dict], axes: Sequence[plt.Axes] | None = None) -> Sequence[plt.Axes]:
+    """A run's losses and validation mAP@10 by epoch, from its history rows. Taught in notebook 05, section 6.
+
+    ``history``: ``train.read_history(run_dir)``, or the rows a training callback has received so far.
+    """
+    rows = pd.DataFrame(list(history) if not isinstance(history, pd.DataFrame) else history)
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(10, 3), layout="constrained")[1]
+    left, right = axes
+    left.plot(rows["epoch"], rows["train_loss"], "o-", label="train (mean over the epoch)")
+    left.plot(rows["epoch"], rows["val_loss"], "o-", label="validation")
+    left.set(xlabel="epoch", ylabel="InfoNCE loss", title="loss (epoch 0: the untrained model, no training yet)")
+    left.legend()
+    right.plot(rows["epoch"], rows["val_t2a_map10"], "o-", color="tab:green")
+    right.set(xlabel="epoch", ylabel="validation t2a mAP@10", ylim=(0, 1), title="validation text-to-audio mAP@10")
+    return axes
 
 
 # --- the course (README, notebook 00) -------------------------------------------------------------

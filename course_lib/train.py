@@ -60,12 +60,10 @@ from course_lib.model import DualEncoder, embed_captions, embed_clips, model_fro
 from course_lib.panns import ensure_pretrained_encoder
 
 __all__ = [
-    "RECIPES", "TrainingError", "Step", "fit", "train_one_epoch", "validate", "selects_by", "selection_score",
-    "plateau_reached", "run_is_done", "recipe_settings", "train", "ensure_trained", "best_epoch", "format_row",
-    "autocast_dtype", "read_history",
+    "TrainingError", "Step", "fit", "train_one_epoch", "validate", "selects_by", "selection_score",
+    "plateau_reached", "run_is_done", "recipe_settings", "epoch_budget", "train", "ensure_trained", "best_epoch",
+    "format_row", "autocast_dtype", "read_history",
 ]
-
-RECIPES = ("baseline", "fast")
 
 
 class TrainingError(RuntimeError):
@@ -99,7 +97,7 @@ def fit(
 ) -> Path:
     """Train ``model`` with InfoNCE as ``recipe`` says, resuming ``run_dir`` when it holds a run; returns best.pt.
 
-    Taught in notebook 05. ``callback(history_row, model)`` is called after every epoch (live plots).
+    Taught in notebook 05, section 6. ``callback(history_row, model)`` is called after every epoch (live plots).
     """
     run_dir = Path(run_dir)
     # The device (CUDA, Apple MPS or CPU) and the precision: bf16 autocast where the GPU has it, else fp16 with a scaler.
@@ -185,7 +183,10 @@ def fit(
 def train_one_epoch(
     model: DualEncoder, loader: DataLoader, optimizer: torch.optim.Optimizer, step: Step, epoch: int, verbose: bool = True
 ) -> float:
-    """One pass over the training data; returns the mean loss. Stops with TrainingError on a non-finite loss."""
+    """One pass over the training data; returns the mean loss. Stops with TrainingError on a non-finite loss.
+
+    Taught in notebook 05, section 6.
+    """
     model.train()
     total, count = 0.0, 0
     # iter() first: given the loader itself, tqdm.auto starts a pass of its own (workers, random draws) besides the loop's.
@@ -271,17 +272,24 @@ def recipe_settings(cfg: Config, recipe: str | None = None) -> tuple[str, dict[s
     return name, copy.deepcopy(recipes[name])
 
 
+def epoch_budget(cfg: Config, settings: dict[str, Any]) -> int:
+    """How many epochs the profile trains a recipe for: its ``epoch_budget`` (baseline.yaml), at most the recipe's own.
+
+    Taught in notebook 05, section 5. A budget above the recipe's max_epochs changes nothing.
+    """
+    return min(settings["max_epochs"], cfg.settings.get("epoch_budget", settings["max_epochs"]))
+
+
 def train(
     cfg: Config, recipe: str | None = None, seed: int = 0, run_dir: str | Path | None = None, max_epochs: int | None = None,
     callback: Callable[[dict[str, Any], DualEncoder], None] | None = None, verbose: bool = True,
 ) -> Path:
     """Train (or resume) the profile's dual encoder with a recipe; returns the best checkpoint.
 
-    Taught in notebook 05, section 6.
+    Taught in notebook 05, section 6. It trains ``max_epochs`` epochs, by default the profile's epoch budget.
     """
     name, settings = recipe_settings(cfg, recipe)
-    if max_epochs is not None:
-        settings["max_epochs"] = int(max_epochs)
+    settings["max_epochs"] = int(max_epochs) if max_epochs is not None else epoch_budget(cfg, settings)
     train_split, val_split = load_split(cfg, "development"), load_split(cfg, "validation")
     identity = _profile_identity(cfg, name, settings, seed, train_split)
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg, name)
@@ -298,9 +306,11 @@ def train(
 def ensure_trained(cfg: Config, recipe: str | None = None, verbose: bool = True) -> Path:
     """The best checkpoint of the profile's run of a recipe: reused when done for this setup, else trained or resumed.
 
-    The run is seed 0's, in ``run_dir_for(cfg, recipe)``; a damaged checkpoint, or one of another setup, is refused.
+    The run is seed 0's, in ``run_dir_for(cfg, recipe)``, for the profile's epoch budget; a damaged checkpoint, or one
+    of another setup, is refused.
     """
     name, settings = recipe_settings(cfg, recipe)
+    settings["max_epochs"] = epoch_budget(cfg, settings)
     run_dir = run_dir_for(cfg, name)
     with run_lock(run_dir):  # a run training there now finishes first; then its result is checked
         identity = _profile_identity(cfg, name, settings, 0, load_split(cfg, "development"))

@@ -154,16 +154,16 @@ def load_changed(tmp_path, change) -> ConfigError:
      "profiles.synthetic.synth.clips is a mapping; it must be a whole number of at least 1, or a mapping"),
     (lambda c: c["baseline"]["ReduceLROnPlateau"]["args"].update(factor=1.5),
      "baseline.ReduceLROnPlateau.args.factor is 1.5; it must be a number above 0 and below 1."),
-    (lambda c: c["training"]["fast"].update(crop_frames=10),
-     "training.fast.crop_frames is 10; it must be null (whole clips) or a whole number at least 64."),
+    (lambda c: c["training"]["baseline"].update(crop_frames=10),
+     "training.baseline.crop_frames is 10; it must be null (whole clips) or a whole number at least 64."),
     (lambda c: c["training"]["baseline"].update(pad_value=0.0),
      "training.baseline.pad_value is 0.0; it must be one of 'zero', 'silence'."),
-    (lambda c: c["training"]["fast"].update(select_by="map"),
-     "training.fast.select_by is 'map'; it must be one of 'val_loss', 'val_t2a_map10'."),
+    (lambda c: c["training"]["baseline"].update(select_by="map"),
+     "training.baseline.select_by is 'map'; it must be one of 'val_loss', 'val_t2a_map10'."),
     (lambda c: c["profiles"]["synthetic"].update(training_recipe="fastest"),
-     "profiles.synthetic.training_recipe is 'fastest'; it must be one of the training recipes: baseline, fast."),
+     "profiles.synthetic.training_recipe is 'fastest'; it must be one of the training recipes: baseline."),
     (lambda c: c.update(profiles=None), "profiles is null (empty), where a mapping of profiles"),
-    (lambda c: c.update(training=["fast"]), "training is a list ['fast'], where a mapping of recipes"),
+    (lambda c: c.update(training=["baseline"]), "training is a list ['baseline'], where a mapping of recipes"),
 ])
 def test_a_wrong_setting_names_the_key_the_value_and_what_is_allowed(tmp_path, change, message):
     assert message in str(load_changed(tmp_path, change))
@@ -180,7 +180,7 @@ def test_every_problem_is_listed_at_once(tmp_path):
 
 
 def test_the_training_section_is_optional_and_reaches_the_config(tmp_path):
-    assert set(load_config(data_root=tmp_path).training) == {"baseline", "fast"}
+    assert set(load_config(data_root=tmp_path).training) == {"baseline"}
     loaded = course_yaml()
     del loaded["training"]
     path = tmp_path / "no_training.yaml"

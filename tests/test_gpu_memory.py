@@ -29,7 +29,7 @@ def a_step_that_runs_out(total_gib: float, batch: int, frames: int, mixed_precis
     try:
         raise oom(total_gib)  # what model(audio, text) raises when the batch does not fit
     except torch.cuda.OutOfMemoryError as exc:
-        raise cuda_out_of_memory(exc, len(audio), audio.shape[1], mixed_precision, recipe="fast") from exc
+        raise cuda_out_of_memory(exc, len(audio), audio.shape[1], mixed_precision, recipe="baseline") from exc
 
 
 def test_the_memory_model_grows_with_the_batch_and_the_clip_length():
@@ -62,7 +62,7 @@ def test_cuda_out_of_memory_names_the_batch_that_fits_and_how_to_set_it():
     assert isinstance(error.__cause__, torch.cuda.OutOfMemoryError)
     assert "at batch 32, clips padded to 1501 frames (30 s), on a GPU of 7.6 GiB" in message
     assert f"Batch {expected} fits" in message
-    assert f"cfg.training['fast']['batch_size'] = {expected}" in message and "COURSE_CONFIG" in message
+    assert f"cfg.training['baseline']['batch_size'] = {expected}" in message and "COURSE_CONFIG" in message
     assert "does not resume at another batch size" in message and "mixed_precision: true" in message
 
 
@@ -70,8 +70,8 @@ def test_the_instruction_in_the_message_changes_the_batch_training_uses(tmp_path
     cfg = load_config("clotho", data_root=tmp_path)
     with pytest.raises(GpuMemoryError) as caught:
         a_step_that_runs_out(total_gib=7.60, batch=32, frames=1501, mixed_precision=False)
-    cfg.training["fast"]["batch_size"] = caught.value.batch_that_fits  # what the message says to run
-    assert recipe_settings(cfg, "fast")[1]["batch_size"] == caught.value.batch_that_fits
+    cfg.training["baseline"]["batch_size"] = caught.value.batch_that_fits  # what the message says to run
+    assert recipe_settings(cfg, "baseline")[1]["batch_size"] == caught.value.batch_that_fits
 
 
 def test_mixed_precision_fits_a_larger_batch_than_float32():

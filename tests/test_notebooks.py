@@ -171,3 +171,17 @@ def test_ends_with_try_it_exercises_and_a_quiz_with_hidden_answers(path):
 def test_no_cell_waits_for_input(path):
     for source in code_cells(path):
         assert "input(" not in source, f"{path.name}: input() blocks nbmake; give the exercise a default value instead"
+
+
+def test_the_readme_lists_every_notebook_in_its_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## The notebooks, in order", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `(\d\d_\w+)` \|", table, re.MULTILINE)
+    assert listed == [path.stem for path in NOTEBOOKS], "README's table of notebooks: one row a notebook, in order"
+
+
+def test_notebook_00_lists_the_notebooks_from_the_folder_not_by_hand():
+    """Its list is course_lib.lesson.course_notebooks(), so a notebook added to the folder appears in it."""
+    assert any(source.strip() == "course_notebooks()" for source in code_cells(NOTEBOOKS[0]))
+    markdown = "\n".join(markdown_cells(NOTEBOOKS[0]))
+    assert not re.search(r"^\| `\d\d_", markdown, re.MULTILINE), "no typed table of notebooks in notebook 00"

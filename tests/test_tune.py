@@ -24,7 +24,7 @@ import pytest
 import torch
 from tiny import tiny_profile
 
-from course_lib import pipeline
+from course_lib import pipeline, train
 from course_lib import tune as course_tune
 from course_lib.config import load_config
 from course_lib.train import recipe_settings
@@ -189,6 +189,14 @@ def test_every_dimension_of_notebook_08s_search_space_changes_what_a_trial_train
         second = received_by_train(tiny_cfg, {**draw, key: other}, monkeypatch, tmp_path)
         changed = {name for name in first if first[name] != second[name]}
         assert changed == {key}, f"search space dimension {key!r}: {one!r} -> {other!r} changed {sorted(changed)} of a trial"
+
+
+@needs_ray
+def test_the_baseline_trial_runs_all_the_recipes_epochs_not_the_profiles_budget(tiny_cfg, monkeypatch, tmp_path) -> None:
+    settings = recipe_settings(tiny_cfg, "baseline")[1]
+    assert train.epoch_budget(tiny_cfg, settings) < settings["max_epochs"] == 80  # the course's profile: a budget of 20
+    assert received_by_train(tiny_cfg, course_tune.baseline_config(), monkeypatch, tmp_path)["max_epochs"] == 80
+    assert received_by_train(tiny_cfg, {"max_epochs": 3}, monkeypatch, tmp_path)["max_epochs"] == 3
 
 
 # --- with a local Ray ----------------------------------------------------------------------------
