@@ -581,9 +581,7 @@ def _memory(report: dict[str, Any]) -> dict[str, Any]:
 
 def epoch_budgets(cfg) -> dict[str, int]:
     """Epochs of a full run: the baseline recipe's (80), and the profile's shorter budget, both read from baseline.yaml."""
-    recipe = train.recipe_settings(cfg)[1]
-    # course_lib.train.epoch_budget: the profile's epoch_budget; without it, the profile's recipe's own max_epochs.
-    budget = getattr(train, "epoch_budget", lambda cfg, settings: settings["max_epochs"])(cfg, recipe)
+    budget = train.epoch_budget(cfg, train.recipe_settings(cfg)[1])  # the profile's epoch_budget, capped by its recipe
     return {"baseline": train.recipe_settings(cfg, "baseline")[1]["max_epochs"], "profile": int(budget)}
 
 
