@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from course_lib import metrics
+from course_lib._gpu_memory import cuda_out_of_memory
 from course_lib._report import say
 from course_lib.checkpoints import (
     read_history,
@@ -193,19 +194,23 @@ def train_one_epoch(
     batches = tqdm(iter(loader), total=len(loader), desc=f"epoch {epoch}", leave=False, disable=not verbose)
     for batch, (audio, text, clip_ids) in enumerate(batches, 1):
         audio, text, clip_ids = audio.to(step.device), text.to(step.device), clip_ids.to(step.device)
-        # Forward both branches and score the batch with InfoNCE.
-        with step.autocast():
-            audio_emb, text_emb = model(audio, text)
-        loss = infonce_loss(audio_emb, text_emb, clip_ids, step.temperature)
-        # A NaN or infinite loss would wreck the weights: stop now, before the update, keeping the last good checkpoint.
-        if not torch.isfinite(loss):
-            raise TrainingError(f"The training loss became {loss.item()} in epoch {epoch} (batch {batch} of {len(loader)}), "
-                                f"before the update. {_stopped_advice(epoch)}")
-        # Backward and update (the scaler only scales for fp16 autocast; otherwise it passes through).
-        optimizer.zero_grad(set_to_none=True)
-        step.scaler.scale(loss).backward()
-        step.scaler.step(optimizer)
-        step.scaler.update()
+        try:
+            # Forward both branches and score the batch with InfoNCE.
+            with step.autocast():
+                audio_emb, text_emb = model(audio, text)
+            loss = infonce_loss(audio_emb, text_emb, clip_ids, step.temperature)
+            # A NaN or infinite loss would wreck the weights: stop now, before the update, keeping the last good checkpoint.
+            if not torch.isfinite(loss):
+                raise TrainingError(f"The training loss became {loss.item()} in epoch {epoch} (batch {batch} of "
+                                    f"{len(loader)}), before the update. {_stopped_advice(epoch)}")
+            # Backward and update (the scaler only scales for fp16 autocast; otherwise it passes through).
+            optimizer.zero_grad(set_to_none=True)
+            step.scaler.scale(loss).backward()
+            step.scaler.step(optimizer)
+            step.scaler.update()
+        except torch.cuda.OutOfMemoryError as exc:  # the batch does not fit this GPU: say which batch size does, and how
+            raise cuda_out_of_memory(exc, len(clip_ids), audio.shape[1], step.amp_dtype is not None, "baseline",
+                                     model.audio_enc.width, model.text_enc.fc.in_features) from exc
         total, count = total + loss.item() * len(clip_ids), count + len(clip_ids)
     return total / max(count, 1)
 

@@ -22,6 +22,7 @@ import torch
 from tiny import TINY_RECIPE, tiny_run, write_course_yaml, write_tiny_profile
 
 from course_lib import data as data_module
+from course_lib._gpu_memory import GpuMemoryError
 from course_lib import metrics
 from course_lib import train as train_module
 from course_lib.checkpoints import CheckpointError, load_checkpoint, run_identity
@@ -318,3 +319,18 @@ def test_a_yaml_number_written_1e6_is_a_number(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("lr: 0.001", "lr: 1e6").replace("weight_decay: 0.0", "weight_decay: 1e-5"))
     tiny = recipe_settings(load_config("synthetic", data_root=tmp_path / "root", yaml_path=path), "tiny")[1]
     assert tiny["lr"] == 1e6 and isinstance(tiny["lr"], float) and tiny["weight_decay"] == 1e-5
+
+
+def test_cuda_out_of_memory_in_a_step_names_the_batch_that_fits_and_how_to_set_it(tmp_path: Path, monkeypatch) -> None:
+    model, train_split, val_split, recipe, identity = tiny_run(tmp_path / "data", {**TINY_RECIPE, "max_epochs": 1})
+    message = ("CUDA out of memory. Tried to allocate 754.00 MiB. GPU 0 has a total capacity of 14.74 GiB of which "
+               "312.00 MiB is free.")
+
+    def forward_that_runs_out(audio, text):  # what a GPU raises when the batch does not fit
+        raise torch.cuda.OutOfMemoryError(message)
+
+    monkeypatch.setattr(model, "forward", forward_that_runs_out)
+    with pytest.raises(GpuMemoryError, match=r"CUDA ran out of memory in a training step at batch 4.*14\.7 GiB") as stopped:
+        fit(model, train_split, val_split, recipe, tmp_path / "run", identity, device="cpu", verbose=False)
+    assert isinstance(stopped.value.__cause__, torch.cuda.OutOfMemoryError)
+    assert "batch" in str(stopped.value).lower() and "cfg.training['baseline']" in str(stopped.value)
