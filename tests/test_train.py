@@ -22,9 +22,9 @@ import torch
 from tiny import TINY_RECIPE, tiny_run, write_course_yaml, write_tiny_profile
 
 from course_lib import data as data_module
-from course_lib._gpu_memory import GpuMemoryError
 from course_lib import metrics
 from course_lib import train as train_module
+from course_lib._gpu_memory import GpuMemoryError
 from course_lib.checkpoints import CheckpointError, load_checkpoint, run_identity
 from course_lib.config import load_config, resolve_device
 from course_lib.data import load_split
