@@ -11,10 +11,11 @@ clips (a few ms a query on 2 cores); Clotho has under 7,000, so no approximate i
 A score alone does not say that a clip fits: a query that describes nothing still has a best clip.
 Two yardsticks, both computed here and shown by the widget: each hit's **z-score**, how many standard
 deviations its score lies above the query's mean score over the whole index (one clip far above the
-rest, or a group, or a flat field); and the best clip's **fit**, the share of the split's own captions
-that score their own clip lower (``fit_percentile``): how the best match compares with descriptions
-known to fit. When the best clip scores below 95 % of those true matches, **nothing stands out**, and
-the results say so.
+rest, or a group, or a flat field); and the best clip's **fit** (``fit_percentile``): every caption of
+the split is a real description of a sound, so the best scores the split's captions reach as queries
+(``ClipIndex.best_scores``) show what the top result of a real description scores with this model; the
+fit is the share of them that the query's best clip beats. Below 5 % (the best clip scores lower than
+the best clip of 95 % of the split's captions), **nothing stands out**, and the results say so.
 
 The same index answers sounds: a clip of the split ("more like this") or an uploaded file, through
 the same log-mel front end and the audio branch, gives the nearest clips and the nearest captions
@@ -59,7 +60,7 @@ __all__ = [
 
 MAX_QUERY_CHARS = 300  # Sentence-BERT reads at most 256-384 word pieces; a query is a sentence, not a page
 MAX_SOUND_SECONDS = 60.0  # an uploaded sound is cut here (Clotho's clips last 15-30 s)
-NOTHING_STANDS_OUT_BELOW = 5.0  # percent: the best clip scores below 95 % of the split's own caption-clip matches
+NOTHING_STANDS_OUT_BELOW = 5.0  # percent: the best clip scores lower than the best clip of 95 % of the split's captions
 
 
 class QueryError(ValueError):
@@ -99,13 +100,11 @@ class ClipIndex:
         return {str(text): list(dict.fromkeys(group.tolist())) for text, group in groups}
 
     @cached_property
-    def match_scores(self) -> np.ndarray:
-        """(M,) sorted: each caption's score with its own clip, i.e. what a description that fits scores with this model."""
-        if len(self.caption_vectors) != len(self.captions):  # an index without caption vectors has no matches to show
+    def best_scores(self) -> np.ndarray:
+        """(M,) sorted: each caption's best score over the split's clips, i.e. the top result of a real description."""
+        if len(self.caption_vectors) != len(self.captions) or not len(self.fids):  # no captions to compare with
             return np.zeros(0, dtype=np.float32)
-        row_of = {fid: row for row, fid in enumerate(self.fids)}
-        own = np.array([row_of[fid] for fid in self.captions["fid"]], dtype=np.int64)
-        return np.sort(np.einsum("ij,ij->i", self.caption_vectors, self.clip_vectors[own]))
+        return np.sort((self.caption_vectors @ self.clip_vectors.T).max(axis=1))
 
 
 def z_scores(scores: np.ndarray) -> np.ndarray:
@@ -122,15 +121,16 @@ def z_scores(scores: np.ndarray) -> np.ndarray:
     return (scores - finite.mean()) / spread
 
 
-def fit_percentile(score: float, match_scores: np.ndarray) -> float:
-    """The percentage of true matches (captions scored with their own clip, sorted) that score lower than ``score``.
+def fit_percentile(score: float, best_scores: np.ndarray) -> float:
+    """The percentage of the split's captions (``ClipIndex.best_scores``, sorted) whose best clip scores lower than ``score``.
 
-    Taught in notebook 07, section 1. 50 means the clip fits the query as well as a typical caption fits
-    its clip; below 5, worse than 95 % of them: nothing stands out. NaN without matches to compare with.
+    Taught in notebook 07, section 1. 50: the query's best clip scores like the best clip of a typical
+    caption; below 5 (NOTHING_STANDS_OUT_BELOW), lower than for 95 % of them: nothing stands out. NaN
+    without captions to compare with.
     """
-    if len(match_scores) == 0:
+    if len(best_scores) == 0:
         return float("nan")
-    return 100.0 * int(np.searchsorted(match_scores, score, side="left")) / len(match_scores)
+    return 100.0 * int(np.searchsorted(best_scores, score, side="left")) / len(best_scores)
 
 
 @dataclass
@@ -162,7 +162,7 @@ class Results:
 
     @property
     def nothing_stands_out(self) -> bool:
-        """True when the best clip of a text query scores below 95 % of the split's true caption-clip matches."""
+        """True when a text query's best clip scores lower than the best clip of 95 % of the split's captions."""
         return bool(self.clips) and self.best_fit < NOTHING_STANDS_OUT_BELOW
 
 
@@ -223,7 +223,7 @@ class SearchEngine:
             return Results(str(query), split, message=message)
         scores = index.clip_vectors @ self.embed_query(query.strip())  # one matrix product: N cosines
         results = Results(query, split, clips=self._clip_hits(index, scores, top_k(scores, k)))
-        results.best_fit = fit_percentile(results.clips[0].score, index.match_scores) if results.clips else float("nan")
+        results.best_fit = fit_percentile(results.clips[0].score, index.best_scores) if results.clips else float("nan")
         # A query that is one of the split's captions: where does the clip it describes land (metrics' rule)?
         owners = index.clips_described_by(query)
         rows = np.array([np.flatnonzero(index.fids == fid)[0] for fid in owners], dtype=np.int64)

@@ -4,7 +4,7 @@ Taught in notebook 07, sections 2 and 3. ``SearchWidget(engine)`` shows a query 
 top k, split, a clip picker ("More like this") and an upload button for sounds; each result row has its
 rank, its cosine score, its z-score over the whole index (``course_lib.search``), a short preview player,
 a log-mel picture and the clip's captions. Above the rows, a line says how the best clip's score compares
-with the split's true caption-clip matches; when nothing stands out it says so in amber and the rows are
+with the best clips of the split's own captions; when nothing stands out it says so in amber and the rows are
 greyed: a query that fits nothing does not look like one that fits. ``show_results`` prints the same rows
 for front ends without widgets.
 
@@ -58,16 +58,16 @@ def describe(results: Results) -> list[str]:
 
 
 def standing_line(results: Results) -> str:
-    """How the best clip's score compares with the split's true caption-clip matches ('' when not measured)."""
+    """How the best clip's score compares with the best clips of the split's captions ('' when not measured)."""
     if not results.clips or np.isnan(results.best_fit):
         return ""
-    best, fit = results.clips[0], results.best_fit
+    best, fit, split = results.clips[0], results.best_fit, results.split
     if results.nothing_stands_out:
-        return (f"nothing stands out: the best clip scores {best.score:+.3f}, lower than {100 - fit:.0f} % of the scores "
-                f"the {results.split} captions give their own clips. The model finds no clip that fits this "
-                "description the way a caption fits its clip.")
-    return (f"the best clip scores {best.score:+.3f}, higher than {fit:.0f} % of the scores the {results.split} "
-            "captions give their own clips")
+        return (f"nothing stands out: the best clip scores {best.score:+.3f}, lower than the best clip of {100 - fit:.0f} % "
+                f"of the {split} captions (each used as a query). The model finds no clip that fits this description "
+                "the way clips fit the dataset's descriptions.")
+    return (f"the best clip scores {best.score:+.3f}, higher than the best clip of {fit:.0f} % of the {split} captions "
+            "(each used as a query)")
 
 
 def show_results(engine: SearchEngine, results: Results, players: bool = True) -> None:

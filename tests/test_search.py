@@ -75,23 +75,24 @@ def test_z_scores_are_standard_scores_over_the_finite_scores() -> None:
     assert search.z_scores(np.full(4, 0.3)).tolist() == [0.0] * 4  # no spread: nothing stands out
 
 
-def test_fit_percentile_is_the_share_of_true_matches_below_the_score() -> None:
-    matches = np.array([0.1, 0.2, 0.3, 0.4])  # sorted, as ClipIndex.match_scores gives them
-    assert [search.fit_percentile(s, matches) for s in (0.05, 0.2, 0.25, 0.9)] == [0.0, 25.0, 50.0, 100.0]
+def test_fit_percentile_is_the_share_of_best_scores_below_the_score() -> None:
+    best_scores = np.array([0.1, 0.2, 0.3, 0.4])  # sorted, as ClipIndex.best_scores gives them
+    assert [search.fit_percentile(s, best_scores) for s in (0.05, 0.2, 0.25, 0.9)] == [0.0, 25.0, 50.0, 100.0]
     assert np.isnan(search.fit_percentile(0.5, np.zeros(0)))
 
 
-def test_match_scores_are_each_caption_scored_with_its_own_clip(engine: SearchEngine) -> None:
+def test_best_scores_are_each_caption_s_best_clip_score(engine: SearchEngine) -> None:
     index = engine.index("evaluation")
-    own = [list(index.fids).index(fid) for fid in index.captions["fid"]]
-    expected = (index.caption_vectors @ index.clip_vectors.T)[np.arange(len(own)), own]
-    assert np.allclose(index.match_scores, np.sort(expected), atol=1e-6) and len(own) == 5 * len(index.fids)
+    expected = [max(index.clip_vectors @ vector) for vector in index.caption_vectors]
+    assert np.allclose(index.best_scores, np.sort(expected), atol=1e-6) and len(expected) == 5 * len(index.fids)
+    assert len(search.ClipIndex("evaluation", index.fids, index.fnames, index.clip_vectors, index.captions,
+                                np.zeros((0, 300), np.float32)).best_scores) == 0  # no caption vectors: nothing to compare
 
 
-def test_nothing_stands_out_when_the_best_clip_scores_below_95_percent_of_true_matches() -> None:
+def test_nothing_stands_out_when_the_best_clip_scores_below_those_of_95_percent_of_the_captions() -> None:
     engine = query_engine("a hum", clips=300, seed=1, fitting=False)
     random_only = engine.search("a hum", "evaluation", k=5)
-    assert random_only.clips[0].score < np.percentile(engine.index("evaluation").match_scores, 5)  # cosines near 0
+    assert random_only.clips[0].score < np.percentile(engine.index("evaluation").best_scores, 5)  # cosines near 0
     assert random_only.best_fit < 5 and random_only.nothing_stands_out
     found = query_engine("a hum", clips=300, seed=1, fitting=True).search("a hum", "evaluation", k=5)
     assert found.clips[0].fid == "c7" and found.best_fit == 100.0 and not found.nothing_stands_out

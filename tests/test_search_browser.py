@@ -146,7 +146,7 @@ def test_the_search_widget_runs_in_jupyterlab_in_chromium(lab) -> None:
             page.wait_for_function(f"() => document.querySelectorAll('audio.jupyter-widgets').length >= "
                                    f"{widget_audio_before + 5}", timeout=60_000)
             assert f"'{QUERY}' in evaluation: the 5 nearest clips" in widget.inner_text()
-            assert "captions give their own clips" in widget.inner_text()  # the best clip's fit, either way it falls
+            assert "(each used as a query)" in widget.inner_text()  # the best clip's fit, either way it falls
             rows = widget.locator(".widget-hbox:has(audio.jupyter-widgets)")
             assert rows.count() >= 5
             assert "1." in rows.nth(0).inner_text() and rows.nth(0).locator("img").count() == 1

@@ -54,14 +54,14 @@ def test_describe_says_whether_anything_stands_out() -> None:
     nothing = files_free_engine(fitting=False).search("a hum", "evaluation", k=5)
     lines = describe(nothing)
     assert lines[0] == "'a hum' in evaluation: the 5 nearest clips"
-    assert lines[1] == (f"nothing stands out: the best clip scores {nothing.clips[0].score:+.3f}, lower than 100 % of the "
-                        "scores the evaluation captions give their own clips. The model finds no clip that fits this "
-                        "description the way a caption fits its clip.")
+    assert lines[1] == (f"nothing stands out: the best clip scores {nothing.clips[0].score:+.3f}, lower than the best clip "
+                        "of 100 % of the evaluation captions (each used as a query). The model finds no clip that fits "
+                        "this description the way clips fit the dataset's descriptions.")
     found = files_free_engine(fitting=True).search("a hum", "evaluation", k=5)
-    assert describe(found)[1] == (f"the best clip scores {found.clips[0].score:+.3f}, higher than 100 % of the scores the "
-                                  "evaluation captions give their own clips")
+    assert describe(found)[1] == (f"the best clip scores {found.clips[0].score:+.3f}, higher than the best clip of 100 % "
+                                  "of the evaluation captions (each used as a query)")
     clip = files_free_engine(fitting=True).more_like_clip("c3", "evaluation", k=5)
-    assert not any("stands out" in line or "own clips" in line for line in describe(clip))  # sounds: no such line
+    assert not any("best clip" in line for line in describe(clip))  # sound queries: no such line
 
 
 def test_a_bad_query_is_described_by_its_message_alone(engine: SearchEngine) -> None:
@@ -125,7 +125,7 @@ def test_the_widget_greys_a_query_that_fits_nothing_and_not_one_that_fits() -> N
     assert all(search_widget.GREY in row.children[0].value for row in nothing.rows.children)
     found = SearchWidget(files_free_engine(fitting=True), k=5)
     found.query.value = "a hum"
-    assert "nothing stands out" not in found.message.value and "higher than 100 %" in found.message.value
+    assert "nothing stands out" not in found.message.value and "best clip of 100 %" in found.message.value
     assert not any(search_widget.GREY in row.children[0].value for row in found.rows.children)
 
 
