@@ -4,9 +4,10 @@ Usage: python benchmarks/bench_search.py [--quick] [--queries 200] [--threads N]
 End to end is ``SearchEngine.search``: Sentence-BERT (all-MiniLM-L6-v2, offline) embeds the query,
 the dual encoder's text projection maps it to 300-d, one matrix product scores every clip,
 ``metrics.top_k`` (np.partition) picks the top 10, and the result rows (file names, captions, z-scores,
-the check for a dataset caption) are built. "Search alone" is the matrix product and top-k on an already embedded query. The indexes are
-random unit vectors: the cost does not depend on what they hold. 1045 is the size of Clotho's
-evaluation split (5 captions a clip). Goal: median under 20 ms end to end at 1045 clips on 2 cores.
+the check for a dataset caption) are built. "Search alone" is the matrix product and top-k on an
+already embedded query. The indexes are random unit vectors: the cost does not depend on what they
+hold. 1045 is the size of Clotho's evaluation split (5 captions a clip). Goal: median under 20 ms end
+to end at 1045 clips on 2 cores.
 The table shows the median and 95th percentile over the queries (each query once, after a warm-up);
 the machine's load average is saved too: other work on a shared CPU slows single queries down.
 Saves benchmarks/results/search.json (search.quick.json with --quick).
