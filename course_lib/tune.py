@@ -187,7 +187,8 @@ class Search:
             results = self.tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C, or Tune's own handler switched off: Tune did not finish its round
             raise KeyboardInterrupt(f"The search was interrupted. {self.resume_hint()}") from None
-        unfinished = [result for result in results if _status(result) == "interrupted"]
+        saved = _saved_statuses(results)
+        unfinished = [result for result in results if _status(result, saved) == "interrupted"]
         if unfinished:
             say(True, f"The search was interrupted: {len(unfinished)} of {len(results)} trials did not finish. "
                       f"{self.resume_hint()}")
@@ -248,7 +249,7 @@ def results_table(results: Any) -> pd.DataFrame:
 
     Taught in notebook 08, section 4.
     """
-    rows = []
+    rows, saved = [], _saved_statuses(results)
     for result in results:
         curve = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         config = {key: value for key, value in result.config.items() if key != "max_epochs"}
@@ -259,7 +260,7 @@ def results_table(results: Any) -> pd.DataFrame:
             "best_val_map10": float(curve[METRIC].max()) if METRIC in curve else math.nan,
             "best_val_loss": float(curve["val_loss"].min()) if "val_loss" in curve else math.nan,
             "minutes": float(curve["time_total_s"].max()) / 60 if "time_total_s" in curve else math.nan,
-            "status": _status(result),
+            "status": _status(result, saved),
         })
     return pd.DataFrame(rows).sort_values("best_val_map10", ascending=False, ignore_index=True)
 
@@ -316,11 +317,26 @@ def _import_ray() -> Any:
     return _ray("ray")
 
 
-def _status(result: Any) -> str:
-    """'error' (the trial raised), 'ok' (it finished, or Tune stopped it: its last result says done) or 'interrupted'."""
+def _status(result: Any, saved: dict[str, str]) -> str:
+    """'error' (the trial raised), 'ok' (it finished, or Tune stopped it) or 'interrupted' (the search stopped first).
+
+    ``saved``: each trial's status as the search's folder holds it (Tune ends interrupted trials after saving them as
+    running); without it, the trial's last result says whether it was done.
+    """
     if result.error:
         return "error"
+    if str(result.path) in saved:
+        return "ok" if saved[str(result.path)] == "TERMINATED" else "interrupted"
     return "ok" if (result.metrics or {}).get("done") else "interrupted"
+
+
+def _saved_statuses(results: Any) -> dict[str, str]:
+    """{trial folder: status} from the experiment state a search saved last; {} when there is none to read."""
+    path = getattr(results, "experiment_path", None)
+    if path is None:
+        return {}
+    analysis = _ray("ray.tune").ExperimentAnalysis(path, storage_filesystem=getattr(results, "filesystem", None))
+    return {str(trial.path): trial.status for trial in analysis.trials}
 
 
 def _local_ray_processes() -> list[Any]:

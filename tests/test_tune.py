@@ -329,6 +329,8 @@ def test_ctrl_c_to_the_driver_reports_interrupted_and_the_search_resumes(tiny_cf
     assert "interrupted" not in capsys.readouterr().out
     table = course_tune.results_table(resumed)
     assert table["status"].tolist() == ["ok"] and table["epochs"].tolist() == [2]
+    again = course_tune.resume(tmp_path / "stopped", tiny_cfg, trainable=interrupting_trial).fit()  # nothing left to run
+    assert "interrupted" not in capsys.readouterr().out and course_tune.results_table(again)["status"].tolist() == ["ok"]
 
 
 RAY_EXIT = textwrap.dedent(
