@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: course test check lab bench lint help figures
-# pytest on both cores, a test file a worker (a file's tests share its fixtures: one Ray instance, one browser);
+# pytest on both cores, a test file a worker (a file's tests share its fixtures: one Ray instance, one browser),
+# the notebooks first (the longest items) so that the unit tests fill the gaps;
 # the slowest items are listed at the end so the next slow test is seen when it arrives.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
@@ -33,7 +34,7 @@ course: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	scripts/test_widgets_77.sh
-	$(PYTEST) tests --nbmake notebooks --nbmake-timeout=900
+	$(PYTEST) --nbmake --nbmake-timeout=900 notebooks tests
 
 check: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules: a tiny synthetic profile trained once for the whole run.
+"""Fixtures shared by the test modules: a tiny synthetic profile trained once for the whole run, and the Tune tests' profile.
 
 Training is the slowest thing the course does, so the tests that need a *trained* model (the learning
 proof and the behavioural tests in test_learning.py, and any other test that only reads a trained
@@ -49,3 +49,12 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 def _baseline_recipe() -> dict:
     return dict(read_yaml(BASELINE_YAML)["training"]["baseline"])
+
+
+@pytest.fixture(scope="module")
+def tune_profile(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The Tune tests' profile: 4/3/2 clips of 1.5-2 s, built up to the caption embeddings (tiny.yaml beside the
+    data root, for the cluster test's client), one per test module."""
+    cfg = tiny_profile(tmp_path_factory.mktemp("tune"), clips={"development": 4, "validation": 3, "evaluation": 2})
+    prepare(cfg, until="embeddings", verbose=False)
+    return cfg

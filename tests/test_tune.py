@@ -10,35 +10,22 @@ import importlib.util
 import inspect
 import json
 import os
-import secrets
 import signal
-import socket
-import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from tiny import tiny_profile
 
-from course_lib import pipeline, train
+from course_lib import train
 from course_lib import tune as course_tune
 from course_lib.config import load_config
 from course_lib.train import recipe_settings
 
 REPO = Path(__file__).resolve().parents[1]
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[tune]"')
-
-
-@pytest.fixture(scope="module")
-def tiny_cfg(tmp_path_factory):
-    """4/3/2 clips of 1.5-2 s, built up to the caption embeddings (tiny.yaml beside the data root, for the cluster test)."""
-    cfg = tiny_profile(tmp_path_factory.mktemp("tune"), clips={"development": 4, "validation": 3, "evaluation": 2})
-    pipeline.prepare(cfg, until="embeddings", verbose=False)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -135,20 +122,20 @@ def test_a_keyboard_interrupt_out_of_fit_says_how_to_resume(tmp_path) -> None:
         search.fit()
 
 
-def test_a_trial_replaces_recipe_values_and_refuses_unknown_ones(tiny_cfg) -> None:
-    name, trial_cfg = course_tune.trial_recipe(tiny_cfg, {"recipe": "baseline", "lr": 3e-3, "temperature": 0.1, "seed": 2})
+def test_a_trial_replaces_recipe_values_and_refuses_unknown_ones(tune_profile) -> None:
+    name, trial_cfg = course_tune.trial_recipe(tune_profile, {"recipe": "baseline", "lr": 3e-3, "temperature": 0.1, "seed": 2})
     _, settings = recipe_settings(trial_cfg, name)
-    _, original = recipe_settings(tiny_cfg, "baseline")
+    _, original = recipe_settings(tune_profile, "baseline")
     assert name == "baseline" and settings == {**original, "lr": 3e-3, "temperature": 0.1}
-    assert recipe_settings(tiny_cfg, "baseline")[1]["lr"] == 1e-3  # the profile's own recipe is left alone
+    assert recipe_settings(tune_profile, "baseline")[1]["lr"] == 1e-3  # the profile's own recipe is left alone
     with pytest.raises(ValueError, match="learning_rate"):
-        course_tune.trial_recipe(tiny_cfg, {"recipe": "baseline", "learning_rate": 1e-3})
+        course_tune.trial_recipe(tune_profile, {"recipe": "baseline", "learning_rate": 1e-3})
 
 
-def test_the_baseline_trial_is_the_baseline_recipe_unchanged(tiny_cfg) -> None:
-    name, trial_cfg = course_tune.trial_recipe(tiny_cfg, course_tune.baseline_config())
+def test_the_baseline_trial_is_the_baseline_recipe_unchanged(tune_profile) -> None:
+    name, trial_cfg = course_tune.trial_recipe(tune_profile, course_tune.baseline_config())
     settings = recipe_settings(trial_cfg, name)[1]
-    assert name == "baseline" and settings == recipe_settings(tiny_cfg, "baseline")[1]
+    assert name == "baseline" and settings == recipe_settings(tune_profile, "baseline")[1]
     assert (settings["lr"], settings["batch_size"], settings["temperature"], settings["max_epochs"]) == (1e-3, 32, 0.07, 80)
 
 
@@ -171,7 +158,7 @@ def received_by_train(cfg, config: dict, monkeypatch, tmp_path) -> dict:
 
 
 @needs_ray
-def test_every_dimension_of_notebook_08s_search_space_changes_what_a_trial_trains(tiny_cfg, monkeypatch, tmp_path) -> None:
+def test_every_dimension_of_notebook_08s_search_space_changes_what_a_trial_trains(tune_profile, monkeypatch, tmp_path) -> None:
     from ray.tune.search.sample import Categorical, Float, Integer
 
     notebook = json.loads((REPO / "notebooks" / "08_tuning_with_ray.ipynb").read_text(encoding="utf-8"))
@@ -185,26 +172,26 @@ def test_every_dimension_of_notebook_08s_search_space_changes_what_a_trial_train
         else:  # a fixed value
             one, other = domain, domain + 1
         draw = {name: value.sample() if hasattr(value, "sample") else value for name, value in space.items()}
-        first = received_by_train(tiny_cfg, {**draw, key: one}, monkeypatch, tmp_path)
-        second = received_by_train(tiny_cfg, {**draw, key: other}, monkeypatch, tmp_path)
+        first = received_by_train(tune_profile, {**draw, key: one}, monkeypatch, tmp_path)
+        second = received_by_train(tune_profile, {**draw, key: other}, monkeypatch, tmp_path)
         changed = {name for name in first if first[name] != second[name]}
         assert changed == {key}, f"search space dimension {key!r}: {one!r} -> {other!r} changed {sorted(changed)} of a trial"
 
 
 @needs_ray
-def test_the_baseline_trial_runs_all_the_recipes_epochs_not_the_profiles_budget(tiny_cfg, monkeypatch, tmp_path) -> None:
-    settings = recipe_settings(tiny_cfg, "baseline")[1]
-    assert train.epoch_budget(tiny_cfg, settings) < settings["max_epochs"] == 80  # the course's profile: a budget of 20
-    assert received_by_train(tiny_cfg, course_tune.baseline_config(), monkeypatch, tmp_path)["max_epochs"] == 80
-    assert received_by_train(tiny_cfg, {"max_epochs": 3}, monkeypatch, tmp_path)["max_epochs"] == 3
+def test_the_baseline_trial_runs_all_the_recipes_epochs_not_the_profiles_budget(tune_profile, monkeypatch, tmp_path) -> None:
+    settings = recipe_settings(tune_profile, "baseline")[1]
+    assert train.epoch_budget(tune_profile, settings) < settings["max_epochs"] == 80  # the course's profile: a budget of 20
+    assert received_by_train(tune_profile, course_tune.baseline_config(), monkeypatch, tmp_path)["max_epochs"] == 80
+    assert received_by_train(tune_profile, {"max_epochs": 3}, monkeypatch, tmp_path)["max_epochs"] == 3
 
 
 # --- with a local Ray ----------------------------------------------------------------------------
 
 
 @needs_ray
-def test_the_stopper_is_the_baseline_plateau_rule(tiny_cfg) -> None:
-    stopper = course_tune.plateau_stopper(tiny_cfg)
+def test_the_stopper_is_the_baseline_plateau_rule(tune_profile) -> None:
+    stopper = course_tune.plateau_stopper(tune_profile)
     assert (stopper._metric, stopper._std, stopper._num_results, stopper._grace_period) == ("stop_metric", 0.001, 10, 60)
 
 
@@ -216,14 +203,14 @@ def test_a_local_instance_talks_over_the_loopback_only(local_ray) -> None:
 
 
 @needs_ray
-def test_trials_report_every_epoch_checkpoint_their_run_and_stop_on_the_plateau_rule(tiny_cfg, local_ray, tmp_path) -> None:
+def test_trials_report_every_epoch_checkpoint_their_run_and_stop_on_the_plateau_rule(tune_profile, local_ray, tmp_path) -> None:
     """Two trials of at most 3 epochs; a plateau rule that fires after 2 results stops both after epoch 1."""
     from ray import tune
     from ray.tune.stopper import TrialPlateauStopper
 
     space = {"recipe": "baseline", "lr": tune.grid_search([1e-3, 3e-3]), "batch_size": 4, "max_epochs": 3}
     stopper = TrialPlateauStopper("stop_metric", std=1e9, num_results=2, grace_period=2)
-    results = course_tune.make_tuner(tiny_cfg, space, stopper=stopper, storage_path=tmp_path, name="two").fit()
+    results = course_tune.make_tuner(tune_profile, space, stopper=stopper, storage_path=tmp_path, name="two").fit()
     assert len(results) == 2 and not results.errors
     for result in results:
         curve = result.metrics_dataframe
@@ -267,16 +254,16 @@ def flaky_trial(config: dict, cfg) -> None:
 
 
 @needs_ray
-def test_a_failed_trial_resumes_from_its_last_checkpoint(tiny_cfg, local_ray, tmp_path) -> None:
+def test_a_failed_trial_resumes_from_its_last_checkpoint(tune_profile, local_ray, tmp_path) -> None:
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     space = {"recipe": "baseline", "lr": 1e-3, "batch_size": 4, "max_epochs": 3, "marker": str(tmp_path / "crashed")}
-    first = course_tune.make_tuner(tiny_cfg, space, storage_path=tmp_path, name="flaky", trainable=flaky_trial).fit()
+    first = course_tune.make_tuner(tune_profile, space, storage_path=tmp_path, name="flaky", trainable=flaky_trial).fit()
     assert first.errors and "simulated crash" in str(first.errors[0])
     assert first[0].metrics_dataframe["epoch"].tolist() == [0, 1]
 
-    results = course_tune.resume(tmp_path / "flaky", tiny_cfg, trainable=flaky_trial).fit()
+    results = course_tune.resume(tmp_path / "flaky", tune_profile, trainable=flaky_trial).fit()
     assert not results.errors
     curve = results[0].metrics_dataframe
     assert curve["epoch"].tolist() == [0, 1, 2, 3]  # went on after epoch 1; a restart would have repeated 0 and 1
@@ -312,12 +299,12 @@ def interrupting_trial(config: dict, cfg) -> None:
 
 
 @needs_ray
-def test_ctrl_c_to_the_driver_reports_interrupted_and_the_search_resumes(tiny_cfg, local_ray, tmp_path, capsys) -> None:
+def test_ctrl_c_to_the_driver_reports_interrupted_and_the_search_resumes(tune_profile, local_ray, tmp_path, capsys) -> None:
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     space = {"recipe": "baseline", "batch_size": 4, "max_epochs": 2, "marker": str(tmp_path / "sent"), "driver": os.getpid()}
-    search = course_tune.make_tuner(tiny_cfg, space, storage_path=tmp_path, name="stopped", trainable=interrupting_trial)
+    search = course_tune.make_tuner(tune_profile, space, storage_path=tmp_path, name="stopped", trainable=interrupting_trial)
     results = search.fit()  # Tune's own SIGINT handler ends the round: fit returns
     said = capsys.readouterr().out
     assert (tmp_path / "sent").exists()
@@ -325,125 +312,9 @@ def test_ctrl_c_to_the_driver_reports_interrupted_and_the_search_resumes(tiny_cf
     assert f"course_tune.resume({str(tmp_path / 'stopped')!r}, cfg).fit()" in said
     assert course_tune.results_table(results)["status"].tolist() == ["interrupted"]
 
-    resumed = course_tune.resume(tmp_path / "stopped", tiny_cfg, trainable=interrupting_trial).fit()
+    resumed = course_tune.resume(tmp_path / "stopped", tune_profile, trainable=interrupting_trial).fit()
     assert "interrupted" not in capsys.readouterr().out
     table = course_tune.results_table(resumed)
     assert table["status"].tolist() == ["ok"] and table["epochs"].tolist() == [2]
-    again = course_tune.resume(tmp_path / "stopped", tiny_cfg, trainable=interrupting_trial).fit()  # nothing left to run
+    again = course_tune.resume(tmp_path / "stopped", tune_profile, trainable=interrupting_trial).fit()  # nothing left to run
     assert "interrupted" not in capsys.readouterr().out and course_tune.results_table(again)["status"].tolist() == ["ok"]
-
-
-RAY_EXIT = textwrap.dedent(
-    """
-    import json, psutil
-    from course_lib import tune as course_tune
-
-    def running(pids):
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return alive
-
-    course_tune.start_ray(num_cpus=1)
-    first = [process.pid for process in psutil.Process().children(recursive=True)]
-    course_tune.stop_ray()
-    left = running(first)
-    course_tune.start_ray(num_cpus=1)
-    second = [process.pid for process in psutil.Process().children(recursive=True)]
-    print(json.dumps({"first": first, "left": left, "second": second}))
-    """  # and ends without stop_ray
-)
-
-
-@needs_ray
-def test_rays_helper_processes_stop_with_stop_ray_and_at_exit() -> None:
-    import psutil
-
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", RAY_EXIT], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(report["first"]) >= 2 and len(report["second"]) >= 2, "a local Ray runs helper processes (GCS, raylet, ...)"
-    assert report["left"] == [], "stop_ray returns once its helper processes have ended"
-    left = [pid for pid in report["second"] if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert left == [], "a program that ends without stop_ray leaves no Ray process behind"
-
-
-# --- a real cluster on this machine --------------------------------------------------------------
-
-CLIENT = textwrap.dedent(
-    """
-    import json, sys
-    from course_lib import tune as course_tune
-    from course_lib.config import load_config
-    from ray import tune
-    address, data_root, yaml_path, storage = sys.argv[1:5]
-    resources = course_tune.start_ray(address=address)
-    cfg = load_config("synthetic", data_root=data_root, yaml_path=yaml_path)
-    space = {"recipe": "baseline", "lr": tune.grid_search([1e-3, 2e-3]), "batch_size": 4, "max_epochs": 1}
-    results = course_tune.make_tuner(cfg, space, storage_path=storage, name="on-cluster").fit()
-    table = course_tune.results_table(results)
-    print(json.dumps({"cpus": resources.get("CPU"), "errors": len(results.errors), "epochs": table["epochs"].tolist(),
-                      "nodes": sorted({str(r.metrics.get("node_ip")) for r in results})}))
-    course_tune.stop_ray()
-    """
-)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def stop_cluster(temp_dir: Path) -> None:
-    """Stop the Ray processes of the cluster whose temporary folder is temp_dir, and their children.
-
-    `ray stop` would stop every Ray process on the machine; this stops only the cluster the test started.
-    """
-    import psutil
-
-    roots = [proc for proc in psutil.process_iter(["cmdline"]) if any(str(temp_dir) in arg for arg in proc.info["cmdline"] or [])]
-    procs = list({proc.pid: proc for root in roots for proc in [root, *root.children(recursive=True)]}.values())
-    for proc in procs:
-        proc.terminate()
-    for proc in psutil.wait_procs(procs, timeout=20)[1]:
-        proc.kill()
-
-
-@needs_ray
-def test_a_search_runs_on_a_cluster_started_with_ray_start(tiny_cfg, tmp_path) -> None:
-    """`ray start --head` on a free port with its own temporary folder and token; a client with the token runs 2 trials."""
-    temp_dir = Path(f"/tmp/ray-test-{secrets.token_hex(4)}")  # short: Ray's socket paths must stay under 107 characters
-    token = tmp_path / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    # Head and client on this machine talk over 127.0.0.1 only (Ray would otherwise use the machine's address).
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
-    gcs, node_manager, object_manager, agent_grpc, agent_http, metrics, runtime_env = free_ports(7)
-    ray_bin = Path(sys.executable).parent / "ray"
-    start = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-             "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-             "--dashboard-agent-grpc-port", str(agent_grpc), "--dashboard-agent-listen-port", str(agent_http),
-             "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
-             "--temp-dir", str(temp_dir), "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"]
-    try:
-        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        arguments = [f"127.0.0.1:{gcs}", str(tiny_cfg.data_root), str(tiny_cfg.data_root.parent / "tiny.yaml"), str(tmp_path)]
-        client = subprocess.run([sys.executable, "-c", CLIENT, *arguments], env=env, capture_output=True, text=True,
-                                timeout=400, cwd=REPO)
-        assert client.returncode == 0, client.stderr[-3000:]
-        report = json.loads(client.stdout.strip().splitlines()[-1])
-        assert report == {"cpus": 2.0, "errors": 0, "epochs": [1, 1], "nodes": ["127.0.0.1"]}
-    finally:
-        stop_cluster(temp_dir)
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
