@@ -46,6 +46,14 @@ from course_lib.config import SPLITS, Config
 from course_lib.download import fetch
 from course_lib.files import atomic_path, building, replace_folder, write_json_atomically
 
+__all__ = [
+    "ZENODO_URL", "CAPTIONS_PER_CLIP", "TABLE_COLUMNS", "CAPTION_COLUMNS", "REBUILD_ADVICE", "REDOWNLOAD_ADVICE",
+    "ClothoError", "clean_caption", "stable_id", "build_caption_table", "ensure_caption_tables", "check_unique_ids",
+    "table_path", "load_caption_table", "vocabulary_info", "split_file_names", "read_captions", "read_metadata",
+    "wav_names_on_disk", "split_is_complete", "RemoteFile", "CLOTHO_FILES", "file_url", "extract_split",
+    "download_clotho",
+]
+
 ZENODO_URL = "https://zenodo.org/record/4783391/files"
 CAPTIONS_PER_CLIP = 5
 TABLE_COLUMNS = ["tid", "fid", "fname", "raw_text", "text", "tokens"]

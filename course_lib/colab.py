@@ -19,6 +19,11 @@ from pathlib import Path
 
 from course_lib.config import in_colab
 
+__all__ = [
+    "DRIVE_MOUNT", "DEFAULT_DRIVE_FOLDER", "CLONE_DIR", "BADGE", "BADGE_MARKER", "SETUP_MARKER", "setup_colab",
+    "mount_drive", "on_drive", "describe_device", "repository_url", "setup_cell", "badge_markdown",
+]
+
 DRIVE_MOUNT = Path("/content/drive")
 DEFAULT_DRIVE_FOLDER = "MyDrive/dcase2023-audio-retrieval-course"
 CLONE_DIR = "/content/course"

@@ -23,6 +23,13 @@ from typing import Any
 
 import yaml
 
+__all__ = [
+    "PROFILES", "DEFAULT_PROFILE", "SPLITS", "SAMPLE_RATE", "HOP_SECONDS", "OUT_DIM", "BASELINE_YAML", "QUICK_ENV",
+    "QUICK_EPOCHS", "QUICK_TRIALS", "QUICK_TRIAL_EPOCHS", "REPO_ROOT", "ConfigError", "Config", "default_data_root",
+    "read_yaml", "load_config", "quick_from_environment", "quick_summary", "check_writable", "in_colab",
+    "resolve_device", "BASELINE_SCHEMA", "RECIPE_SCHEMA", "PROFILE_SCHEMA", "SYNTH_SCHEMA", "config_problems",
+]
+
 PROFILES = ("synthetic", "clotho")
 DEFAULT_PROFILE = "synthetic"
 SPLITS = ("development", "validation", "evaluation")

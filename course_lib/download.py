@@ -30,6 +30,11 @@ from tqdm.auto import tqdm
 
 from course_lib.files import DiskFullError, building, describe_bytes, is_disk_full, remove_stale
 
+__all__ = [
+    "CHUNK_BYTES", "TRANSIENT_ERRORS", "TRANSIENT_STATUS", "MALFORMED_URL_ERRORS", "INCOMPLETE_SUFFIX",
+    "DownloadError", "file_md5", "incomplete_path", "fetch", "host_reachable",
+]
+
 CHUNK_BYTES = 1 << 16  # what a broken connection can lose of the bytes in flight: at most one chunk
 # Errors another try can cure; HTTP 5xx, 408 (timeout) and 429 (rate limit) count as well.
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,

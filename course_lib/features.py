@@ -33,6 +33,14 @@ from course_lib.clotho import load_caption_table
 from course_lib.config import HOP_SECONDS, SAMPLE_RATE, Config
 from course_lib.files import atomic_path, building, remove_stale, write_json_atomically
 
+__all__ = [
+    "RESAMPLE_TYPE", "BLAS", "PARALLEL_FROM_CLIPS", "LOG_MEL_LIMIT", "REBUILD_FEATURES", "FeatureExtractionError",
+    "FeatureParams", "frame_count", "to_mono", "resample", "mel_filter_bank", "log_mel", "load_audio", "TorchLogMel",
+    "features_path", "skipped_path", "load_log_mel", "check_log_mel", "clip_files", "invalid_reason",
+    "source_fingerprint", "extract_clip", "extract_all", "build_split", "bad_files_message", "read_skipped",
+    "ensure_features",
+]
+
 RESAMPLE_TYPE = "soxr_hq"  # librosa's default resampler since 0.10, named so it cannot drift
 BLAS = ThreadpoolController()  # to run the mel matrix product on one BLAS thread (see log_mel)
 # ensure_features' default: one process below this many clips in a split, every core from it on. On 2 cores,

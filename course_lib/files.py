@@ -29,6 +29,12 @@ from typing import Any
 
 import filelock
 
+__all__ = [
+    "TEMPORARY_SUFFIX", "LOCK_SUFFIX", "atomic_path", "write_text_atomically", "write_json_atomically",
+    "replace_folder", "building", "HOST", "temporary_path", "owner_is_gone", "remove_stale", "is_disk_full",
+    "describe_bytes", "free_bytes", "DiskFullError", "check_free_space",
+]
+
 TEMPORARY_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 

@@ -19,6 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "TEMPERATURE", "same_clip_mask", "infonce_loss",
+]
+
 TEMPERATURE = 0.07  # the baseline's conf.yaml: fixed, not learned
 
 

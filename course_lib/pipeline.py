@@ -28,6 +28,10 @@ import pandas as pd
 from course_lib import clotho, features, model, synth, text, text_cache, train
 from course_lib.config import Config, ConfigError, quick_summary
 
+__all__ = [
+    "STAGES", "Prepared", "prepare",
+]
+
 STAGES = ("dataset", "captions", "features", "embeddings", "model")
 
 

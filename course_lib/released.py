@@ -39,6 +39,12 @@ from course_lib.config import Config
 from course_lib.model import DualEncoder, embed_captions, embed_clips
 from course_lib.panns import load_encoder_weights
 
+__all__ = [
+    "ZENODO_RECORD", "RELEASED_FOLDER", "ENCODER_FILENAME", "CLOTHO_CAPTIONS", "TEXT_DIM", "SPLIT_ORDER",
+    "load_released_audio_encoder", "ReleasedBaseline", "load_released_checkpoint", "table_rows", "evaluate_released",
+    "released_paths", "how_to_get_released_files", "random_released_checkpoint",
+]
+
 ZENODO_RECORD = "https://zenodo.org/records/7752975"
 RELEASED_FOLDER = "dcase2023_task6b_baseline"  # under cfg.downloads_dir
 ENCODER_FILENAME = "audio_encoder.pth"  # the name the baseline's example/audio_encoder.py uses

@@ -14,6 +14,11 @@ import numpy as np
 
 from course_lib.synth_scenes import EVENT_TYPES, SEGMENTS, Event, Scene
 
+__all__ = [
+    "T", "LOUDNESS_WORDS", "PITCH_WORDS", "RATE_WORDS", "SIREN_RATE_WORDS", "DYNAMICS_WORDS", "POSITION_AFTER",
+    "POSITION_BEFORE", "BACKGROUND_BEFORE", "BACKGROUND_AFTER", "JOINS", "pick", "describe_scene",
+]
+
 T = TypeVar("T")
 
 LOUDNESS_WORDS = {"loud": (("loud",), ("loudly",)), "quiet": (("quiet", "soft", "faint"), ("quietly", "softly", "faintly"))}

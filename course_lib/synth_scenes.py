@@ -17,6 +17,12 @@ from scipy import signal
 
 from course_lib.config import SAMPLE_RATE
 
+__all__ = [
+    "LOUDNESS_GAIN", "SEGMENTS", "HIT_INTERVAL_SECONDS", "SIREN_CYCLES_PER_SECOND", "BACKGROUND_RMS", "EventType",
+    "Event", "Scene", "EVENT_TYPES", "event_catalogue", "sample_scene", "render_event", "render_background",
+    "render_scene",
+]
+
 LOUDNESS_GAIN = {"loud": 0.6, "quiet": 0.15}  # peak amplitude of an event: quiet is 12 dB below loud
 SEGMENTS = {"start": (0.03, 0.32), "middle": (0.36, 0.64), "end": (0.68, 0.97), "throughout": (0.0, 1.0)}
 HIT_INTERVAL_SECONDS = {"fast": (0.12, 0.2), "slow": (0.45, 0.65)}

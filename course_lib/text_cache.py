@@ -30,6 +30,12 @@ import numpy as np
 from course_lib.config import Config
 from course_lib.files import atomic_path
 
+__all__ = [
+    "UNIT_LENGTH_TOLERANCE", "MODEL_FILE_SUFFIXES", "SKIPPED_FOLDERS", "CacheError", "EmbeddingCache",
+    "check_unit_length", "cache_file_name", "caption_embeddings_path", "read_cache", "read_cache_or_none",
+    "write_cache", "matching_rows", "model_fingerprint", "built_with",
+]
+
 UNIT_LENGTH_TOLERANCE = 1e-3
 MODEL_FILE_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth"}
 SKIPPED_FOLDERS = {"onnx", "openvino", ".git", ".cache"}

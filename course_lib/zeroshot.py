@@ -29,6 +29,11 @@ import pandas as pd
 from course_lib.synth import MARKER, plan_split
 from course_lib.synth_scenes import EVENT_TYPES, EventType
 
+__all__ = [
+    "EVENT_NAMES", "PROMPT_TEMPLATES", "event_prompts", "clip_events", "label_matrix", "average_precision",
+    "zero_shot_report", "confusion",
+]
+
 EVENT_NAMES = tuple(EVENT_TYPES)
 
 # how one event type becomes a prompt; each takes the EventType and returns a string
