@@ -340,10 +340,20 @@ def _saved_statuses(results: Any) -> dict[str, str]:
 
 
 def _local_ray_processes() -> list[Any]:
-    """The processes a local Ray instance runs for this program (GCS, raylet, agents, workers): its child processes."""
+    """The processes a local Ray instance runs for this program (GCS, raylet, agents, workers): its child processes
+    that are Ray's (others, such as the course's process pool or multiprocessing's fork server, are left alone)."""
     import psutil
 
-    return psutil.Process().children(recursive=True)
+    ours = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            words = process.cmdline()
+        except psutil.Error:
+            continue
+        if any(word.startswith(("ray::", "ray.")) or "/ray/" in word or os.path.basename(word) in ("raylet", "gcs_server")
+               for word in words):
+            ours.append(process)
+    return ours
 
 
 def _stop_processes(processes: list[Any], wait_s: float = 10.0) -> None:

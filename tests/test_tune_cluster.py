@@ -137,3 +137,19 @@ def test_a_search_runs_on_a_cluster_started_with_ray_start(tune_profile, tmp_pat
     finally:
         stop_cluster(temp_dir)
         subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+
+
+def test_stop_ray_leaves_child_processes_that_are_not_rays_alone() -> None:
+    """The course's process pool (multiprocessing's fork server and workers) must survive stop_ray."""
+    import multiprocessing
+    import time
+
+    from course_lib import tune as course_tune
+
+    other = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
+    other.start()
+    try:
+        assert other.pid not in {process.pid for process in course_tune._local_ray_processes()}
+    finally:
+        other.kill()
+        other.join()
