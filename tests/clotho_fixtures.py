@@ -68,3 +68,17 @@ def write_clotho_folder(dataset_dir: Path, clips: dict[str, list[tuple[str, floa
     for split, split_clips in (clips or TINY_CLIPS).items():
         write_split(dataset_dir, split, split_clips)
     return dataset_dir
+
+
+def fill_disk_when_writing(monkeypatch, module, marker: str) -> None:
+    """Make ``module``'s open() give a file that fails with ENOSPC (a full disk) when its path contains ``marker``."""
+    import errno
+    import io
+
+    class FillsUp(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = open
+    monkeypatch.setattr(module, "open", lambda path, mode: FillsUp() if marker in str(path) else real_open(path, mode),
+                        raising=False)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import os
 import socket
 import subprocess
@@ -14,7 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
-from clotho_fixtures import FileServer
+from clotho_fixtures import FileServer, fill_disk_when_writing
 
 from course_lib import download
 from course_lib.download import DownloadError, fetch
@@ -129,13 +127,7 @@ def test_a_folder_that_cannot_be_created_is_a_local_problem(server, tmp_path):
 
 
 def test_a_full_disk_during_the_transfer_is_a_local_problem_and_not_retried(server, target, monkeypatch):
-    class FillsUp(io.BytesIO):
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    real_open = open
-    monkeypatch.setattr(download, "open", lambda path, mode: FillsUp() if "incomplete" in str(path) else real_open(path, mode),
-                        raising=False)
+    fill_disk_when_writing(monkeypatch, download, "incomplete")
     with pytest.raises(DownloadError) as err:
         get(server, target)
     message = str(err.value)

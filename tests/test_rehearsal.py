@@ -8,8 +8,6 @@ of the time. Its full-size step (batch 32 x 30 s) is measured by `make rehearsal
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import math
 import os
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from clotho_fixtures import write_clotho_folder
+from clotho_fixtures import fill_disk_when_writing, write_clotho_folder
 
 from course_lib import _text_models, clotho, download, panns, train
 from course_lib._gpu_memory import step_memory
@@ -239,13 +237,7 @@ def test_a_wrong_md5_is_refused_and_nothing_is_kept(cfg, served):
 def test_a_full_disk_names_the_folder_and_what_to_do(cfg, served, monkeypatch):
     server, files, _ = served
 
-    class FillsUp(io.BytesIO):
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    real_open = open
-    monkeypatch.setattr(download, "open", lambda path, mode: FillsUp() if ".7z" in str(path) else real_open(path, mode),
-                        raising=False)
+    fill_disk_when_writing(monkeypatch, download, ".7z")
     with rehearsal.served_from(server, files, panns.PANNS_MD5), pytest.raises(DownloadError) as caught:
         prepare(load_config("clotho", data_root=cfg.data_root, splits=["evaluation"]), until="dataset", verbose=False)
     message = str(caught.value)
