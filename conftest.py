@@ -6,15 +6,33 @@ nbmake starts inherits this process's environment, so COURSE_DATA_DIR is set jus
 and COURSE_QUICK=1 (course_lib.config): the same code path with a couple of epochs and small Ray Tune
 searches. Whether the model learns is tested once, in tests/test_learning.py; `make course` runs
 the full settings.
+
+Under pytest-xdist (`make test`, `make check`: two workers on two cores) each worker, and every kernel or
+process it starts, gets its share of the cores for its math libraries (OMP_NUM_THREADS and kin): left at
+the default, each of torch's thread pools spins on every core, and two notebooks side by side took three
+times as long as one alone instead of twice (measured: benchmarks/README.md, "The test suite").
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
 _previous = pytest.StashKey[dict[str, str | None]]()  # the variables to restore after a notebook
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in THREAD_VARIABLES:
+            os.environ.setdefault(name, share)
+        if "torch" in sys.modules:  # imported before this hook: tell its pool directly
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
