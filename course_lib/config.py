@@ -27,7 +27,7 @@ __all__ = [
     "PROFILES", "DEFAULT_PROFILE", "SPLITS", "SAMPLE_RATE", "HOP_SECONDS", "OUT_DIM", "BASELINE_YAML", "QUICK_ENV",
     "QUICK_EPOCHS", "QUICK_TRIALS", "QUICK_TRIAL_EPOCHS", "REPO_ROOT", "ConfigError", "Config", "default_data_root",
     "read_yaml", "load_config", "quick_from_environment", "quick_summary", "check_writable", "in_colab",
-    "resolve_device", "BASELINE_SCHEMA", "RECIPE_SCHEMA", "PROFILE_SCHEMA", "SYNTH_SCHEMA", "config_problems",
+    "resolve_device", "BASELINE_SCHEMA", "RECIPE_SCHEMA", "PROFILE_SCHEMA", "SYNTH_SCHEMA", "config_problems", "recipe_problems",
 ]
 
 PROFILES = ("synthetic", "clotho")
@@ -256,18 +256,18 @@ def _shown(value: Any) -> str:
 
 
 def _number(above: float | None = None, at_least: float | None = None, below: float | None = None,
-            whole: bool = False) -> Check:
+            whole: bool = False, at_most: float | None = None) -> Check:
     """A check for a number (a whole number when ``whole``) within bounds."""
     kind = "a whole number" if whole else "a number"
     bounds = [f"above {above:g}" if above is not None else "", f"at least {at_least:g}" if at_least is not None else "",
-              f"below {below:g}" if below is not None else ""]
+              f"below {below:g}" if below is not None else "", f"at most {at_most:g}" if at_most is not None else ""]
     wanted = " ".join([kind, " and ".join(bound for bound in bounds if bound)]).strip()
 
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
             return wanted
         if not math.isfinite(value) or (above is not None and value <= above) or (at_least is not None and value < at_least) \
-                or (below is not None and value >= below):
+                or (below is not None and value >= below) or (at_most is not None and value > at_most):
             return wanted
         return None
 
@@ -308,6 +308,7 @@ def _clip_counts(value: Any) -> str | None:
 
 _POSITIVE, _NOT_NEGATIVE = _number(above=0), _number(at_least=0)
 _COUNT, _COUNT_OR_ZERO = _number(at_least=1, whole=True), _number(at_least=0, whole=True)
+_SHARE = _number(at_least=0, at_most=1)
 _LR_PLATEAU = {"factor": _number(above=0, below=1), "patience": _COUNT_OR_ZERO, "threshold": _NOT_NEGATIVE,
                "min_lr": _NOT_NEGATIVE}
 _PLATEAU_STOP = {"std": _NOT_NEGATIVE, "num_results": _COUNT, "grace_period": _COUNT_OR_ZERO}
@@ -329,6 +330,14 @@ RECIPE_SCHEMA: dict[str, Any] = {
     "pad_value": _one_of("zero", "silence"), "batch_size": _COUNT, "lr": _POSITIVE, "?weight_decay": _NOT_NEGATIVE,
     "max_epochs": _COUNT, "temperature": _POSITIVE, "?mixed_precision": _flag,
     "lr_plateau": _LR_PLATEAU, "plateau_stop": _PLATEAU_STOP, "?select_by": _one_of("val_loss", "val_t2a_map10"),
+    # Beyond the baseline (notebook 09; course_lib.train.OPTIONS): each may be left out, which is off.
+    "?learn_temperature": _flag,
+    "?text_finetune": {"layers": _COUNT_OR_ZERO, "?lr": _POSITIVE},
+    "?spec_augment": {"time_masks": _COUNT_OR_ZERO, "time_width": _COUNT, "freq_masks": _COUNT_OR_ZERO,
+                      "freq_width": _COUNT},
+    "?caption_augment": {"source": _or_null(_text, "off"), "?probability": _SHARE,
+                         "?per_caption": _COUNT},
+    "?distill": {"teacher": _or_null(_text, "off"), "?weight": _SHARE, "?temperature": _POSITIVE},
 }
 PROFILE_SCHEMA: dict[str, Any] = {
     "?description": _text, "dataset": _one_of("synthetic", "clotho"), "?splits": _splits,
@@ -355,6 +364,13 @@ def _check(node: Any, schema: Check | dict[str, Any], key: str, problems: list[s
                 problems.append(f"{key}.{name} is missing; add it (see {BASELINE_YAML.name}).")
             continue
         _check(node[name], below, f"{key}.{name}", problems)
+
+
+def recipe_problems(recipe: Any, key: str = "recipe") -> list[str]:
+    """What in one training recipe the course cannot use, each naming the key, its value and what is allowed."""
+    problems: list[str] = []
+    _check(recipe, RECIPE_SCHEMA, key, problems)
+    return problems
 
 
 def config_problems(loaded: dict[str, Any]) -> list[str]:

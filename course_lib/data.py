@@ -18,6 +18,11 @@ Either way a clip holding NaN or impossible values is refused, naming the clip a
 training, ``reseed`` keys each epoch's random draws (the caption of a clip, the crop) to the run's
 seed, the epoch and the item, so worker processes draw what the main process would: preloaded and
 streamed features give the same numbers.
+
+Beyond the baseline (notebook 09), a training item can also carry, in place of its cached caption vector,
+the caption's tokens (when the text encoder is fine-tuned), or now and then the vector of an extra
+caption of the same clip (caption augmentation); and ``Collate`` can mask the batch's log-mels
+(SpecAugment, ``course_lib.augment``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from course_lib.augment import spec_augment, spec_augment_on
 from course_lib.clotho import load_caption_table
 from course_lib.cnn14 import SILENCE_LOG_MEL
 from course_lib.config import Config
@@ -55,6 +61,7 @@ class SplitData:
     fids: np.ndarray  # (N,) str, the clip of each caption
     tids: np.ndarray  # (N,) str
     vectors: np.ndarray  # (N, d) float32, unit rows
+    captions: np.ndarray | None = None  # (N,) str, the caption texts (for a text encoder that reads them)
 
     @property
     def clip_fids(self) -> np.ndarray:
@@ -85,10 +92,13 @@ class FeatureStore:
 class CaptionDataset(Dataset):
     """The baseline's sampling: item i is caption i with its clip's log-mel and the clip's index."""
 
-    def __init__(self, split: SplitData, store: FeatureStore):
+    def __init__(self, split: SplitData, store: FeatureStore, text_inputs: np.ndarray | torch.Tensor | None = None):
         self.split, self.store = split, store
+        self.text_inputs = split.vectors if text_inputs is None else text_inputs  # row i: what the text branch reads
         self.clip_index = {fid: index for index, fid in enumerate(split.clip_fids)}
         self.draw_key: tuple[int, ...] | None = None  # set by reseed: (seed, epoch); None draws from torch's generator
+        self.extra_vectors: dict[str, np.ndarray] = {}  # caption augmentation (notebook 09): fid -> (k, d) vectors
+        self.extra_probability = 0.0
 
     def __len__(self) -> int:
         return len(self.split.fids)
@@ -96,14 +106,24 @@ class CaptionDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         fid = str(self.split.fids[i])
         log_mel = torch.from_numpy(np.asarray(self.store[fid], dtype=np.float32))
-        return log_mel, torch.from_numpy(self.split.vectors[i]), self.clip_index[fid]
+        return log_mel, torch.as_tensor(self._text_input(i, fid)), self.clip_index[fid]
+
+    def _text_input(self, i: int, fid: str) -> np.ndarray | torch.Tensor:
+        """Caption i's input; with caption augmentation, now and then an extra caption of the same clip instead."""
+        extras = self.extra_vectors.get(fid)
+        if extras is None or not len(extras) or self.extra_probability <= 0:
+            return self.text_inputs[i]
+        generator = draws(*self.draw_key, i) if self.draw_key is not None else None
+        if torch.rand((), generator=generator).item() >= self.extra_probability:
+            return self.text_inputs[i]
+        return extras[int(torch.randint(len(extras), (), generator=generator).item())]
 
 
 class ClipDataset(CaptionDataset):
     """Clip-level sampling: item k is clip k with one of its captions drawn at random (torch's generator)."""
 
-    def __init__(self, split: SplitData, store: FeatureStore):
-        super().__init__(split, store)
+    def __init__(self, split: SplitData, store: FeatureStore, text_inputs: np.ndarray | torch.Tensor | None = None):
+        super().__init__(split, store, text_inputs)
         rows = pd.Series(np.arange(len(split.fids))).groupby(pd.Series(split.fids).map(self.clip_index))
         self.caption_rows = [group.to_numpy() for _, group in rows]
 
@@ -116,12 +136,18 @@ class ClipDataset(CaptionDataset):
         return super().__getitem__(int(rows[torch.randint(len(rows), (), generator=generator).item()]))
 
 
-def make_dataset(split: SplitData, sampling: str, preload: bool | None = None) -> CaptionDataset:
-    """The dataset for a sampling mode, "caption" (baseline) or "clip". Taught in notebook 05, section 2."""
+def make_dataset(
+    split: SplitData, sampling: str, preload: bool | None = None, text_inputs: np.ndarray | torch.Tensor | None = None
+) -> CaptionDataset:
+    """The dataset for a sampling mode, "caption" (baseline) or "clip". Taught in notebook 05, section 2.
+
+    ``text_inputs`` replaces the cached caption vectors row for row (the tokens of a fine-tuned text encoder).
+    """
     if sampling not in SAMPLINGS:
         raise ValueError(f"Unknown sampling {sampling!r}. Choose one of: {', '.join(SAMPLINGS)}.")
     store = FeatureStore(split.h5_path, split.clip_fids, preload)
-    return CaptionDataset(split, store) if sampling == "caption" else ClipDataset(split, store)
+    kind = CaptionDataset if sampling == "caption" else ClipDataset
+    return kind(split, store, text_inputs)
 
 
 def random_crop(
@@ -149,15 +175,18 @@ class Collate:
     Taught in notebook 05, section 2.
     """
 
-    def __init__(self, crop_frames: int | None = None, pad_value: float = 0.0):
+    def __init__(self, crop_frames: int | None = None, pad_value: float = 0.0, spec_augment: dict | None = None):
         self.crop_frames, self.pad_value = crop_frames, float(pad_value)
+        self.spec_augment = spec_augment if spec_augment_on(spec_augment) else None  # masks (notebook 09); None: off
         self.draw_key: tuple[int, ...] | None = None  # set by reseed: (seed, epoch); None draws from torch's generator
 
     def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         clips, vectors, clip_ids = zip(*items, strict=True)
+        generator = draws(*self.draw_key, *clip_ids) if self.draw_key is not None else None
         if self.crop_frames:
-            generator = draws(*self.draw_key, *clip_ids) if self.draw_key is not None else None
             clips = [random_crop(clip, self.crop_frames, self.pad_value, generator) for clip in clips]
+        if self.spec_augment:  # each clip masked before padding, so the padding stays as it was
+            clips = [spec_augment(clip, **self.spec_augment, generator=generator) for clip in clips]
         return pad_batch(list(clips), self.pad_value), torch.stack(vectors), torch.tensor(clip_ids)
 
 
@@ -192,7 +221,8 @@ def load_split(cfg: Config, split: str) -> SplitData:
     if not h5_path.is_file():
         raise FileNotFoundError(f"No log-mels at {h5_path}: build them with course_lib.pipeline.prepare(cfg, until='features').")
     rows = [row_of[tid] for tid in table["tid"].astype(str)]
-    return SplitData(h5_path, table["fid"].astype(str).to_numpy(), table["tid"].astype(str).to_numpy(), vectors[rows])
+    return SplitData(h5_path, table["fid"].astype(str).to_numpy(), table["tid"].astype(str).to_numpy(), vectors[rows],
+                     table["raw_text"].astype(str).to_numpy())
 
 
 def load_all(h5_path: Path, fids: list[str]) -> dict[str, np.ndarray]:

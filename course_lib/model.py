@@ -11,6 +11,10 @@ text_enc also stored the frozen SBERT table as ``text_enc.embedding.weight``; he
 vectors are read from the embeddings file instead, so that key is absent (load a released
 checkpoint with ``strict=False`` and check that only it is left over).
 
+Beyond the baseline (notebook 09): with ``caption_encoder`` set, the text branch reads caption tokens and runs
+them through a Sentence-BERT whose top layers train (``course_lib.text_finetune``) before the projection;
+``ensemble_text_to_audio`` scores a split with the mean of several models' score matrices.
+
 A trained model is read back from its run's best.pt through ``course_lib.checkpoints.load_checkpoint``
 (``weights_only=True``, fingerprint checked), the one way the course reads its checkpoints.
 """
@@ -28,16 +32,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import metrics
+from course_lib._text_models import load_text_model
 from course_lib.checkpoints import CheckpointError, differences, load_checkpoint
 from course_lib.cnn14 import CNN14Encoder
 from course_lib.config import OUT_DIM, Config
 from course_lib.data import SplitData
 from course_lib.features import REBUILD_FEATURES, check_log_mel
 from course_lib.text_cache import caption_embeddings_path
+from course_lib.text_finetune import CaptionEncoder, tokenise
 
 __all__ = [
-    "TextProjection", "DualEncoder", "embed_clips", "embed_captions", "evaluate_text_to_audio", "load_trained_model",
-    "run_dir_for", "best_checkpoint_path", "model_from_identity",
+    "TextProjection", "DualEncoder", "embed_clips", "embed_captions", "caption_inputs", "split_scores",
+    "evaluate_text_to_audio", "ensemble_text_to_audio", "load_trained_model", "run_dir_for", "best_checkpoint_path",
+    "model_from_identity", "finetuned_layers",
 ]
 
 
@@ -60,17 +67,21 @@ class DualEncoder(nn.Module):
     Taught in notebook 05, section 1.
     """
 
-    def __init__(self, audio_enc: CNN14Encoder, text_dim: int, pad_value: float = 0.0):
+    def __init__(self, audio_enc: CNN14Encoder, text_dim: int, pad_value: float = 0.0,
+                 caption_encoder: nn.Module | None = None):
         super().__init__()
         self.audio_enc = audio_enc
         self.text_enc = TextProjection(text_dim, audio_enc.out_dim)
         self.pad_value = float(pad_value)  # how training padded its batches (kept with the checkpoint)
+        self.caption_encoder = caption_encoder  # notebook 09: a fine-tuned Sentence-BERT reading tokens; None: vectors
 
     def audio_branch(self, log_mels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.audio_enc(log_mels), p=2, dim=-1)
 
-    def text_branch(self, caption_vectors: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_enc(caption_vectors), p=2, dim=-1)
+    def text_branch(self, captions: torch.Tensor) -> torch.Tensor:
+        if self.caption_encoder is not None:  # tokens -> sentence vectors, as Sentence-BERT computes them
+            captions = self.caption_encoder(captions)
+        return F.normalize(self.text_enc(captions), p=2, dim=-1)
 
     def forward(self, audio: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.audio_branch(audio), self.text_branch(text)
@@ -101,20 +112,46 @@ def embed_clips(
 
 
 @torch.no_grad()
-def embed_captions(model: DualEncoder, vectors: np.ndarray, batch_size: int = 4096, device: str = "cpu") -> np.ndarray:
-    """(M, 300) unit embeddings of caption vectors (M, d). Taught in notebook 05, section 7."""
+def embed_captions(
+    model: DualEncoder, vectors: np.ndarray | torch.Tensor, batch_size: int = 4096, device: str = "cpu"
+) -> np.ndarray:
+    """(M, 300) unit embeddings of caption vectors (M, d), or of caption tokens for a fine-tuned text encoder.
+
+    Taught in notebook 05, section 7.
+    """
     model.eval().to(device)
-    vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+    if isinstance(vectors, torch.Tensor) and not vectors.is_floating_point():
+        batch_size = min(batch_size, 256)  # tokens go through a transformer
+    else:
+        vectors = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
     parts = [model.text_branch(vectors[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(vectors), batch_size)]
     return torch.cat(parts).numpy() if parts else np.zeros((0, model.text_enc.fc.out_features), dtype=np.float32)
 
 
+def caption_inputs(model: DualEncoder, split: SplitData) -> np.ndarray | torch.Tensor:
+    """What the model's text branch reads for a split's captions: the cached vectors, or their tokens (notebook 09)."""
+    if model.caption_encoder is None:
+        return split.vectors
+    return tokenise(model.caption_encoder.text_model, list(split.captions))
+
+
+def split_scores(model: DualEncoder, split: SplitData, device: str = "cpu") -> np.ndarray:
+    """(captions, clips) scores of a split: every caption against every clip, each clip embedded whole."""
+    return metrics.score_matrix(embed_captions(model, caption_inputs(model, split), device=device),
+                                embed_clips(model, split.h5_path, list(split.clip_fids), device=device))
+
+
 def evaluate_text_to_audio(model: DualEncoder, split: SplitData, device: str = "cpu") -> metrics.Retrieval:
     """DCASE text-to-audio retrieval on a split: every caption scored against every clip, each clip embedded whole."""
-    clip_fids = list(split.clip_fids)
-    scores = metrics.score_matrix(embed_captions(model, split.vectors, device=device),
-                                  embed_clips(model, split.h5_path, clip_fids, device=device))
-    return metrics.text_to_audio(scores, split.fids, clip_fids)
+    return metrics.text_to_audio(split_scores(model, split, device), split.fids, list(split.clip_fids))
+
+
+def ensemble_text_to_audio(models: list[DualEncoder], split: SplitData, device: str = "cpu") -> metrics.Retrieval:
+    """Text-to-audio retrieval ranked by the mean of several models' score matrices. Taught in notebook 09."""
+    if not models:
+        raise ValueError("An ensemble needs at least one model; pass a list of trained models.")
+    scores = np.mean([split_scores(model, split, device) for model in models], axis=0)
+    return metrics.text_to_audio(scores, split.fids, list(split.clip_fids))
 
 
 def load_trained_model(cfg_or_checkpoint_path: Any, device: str = "cpu", cfg: Config | None = None) -> DualEncoder:
@@ -147,10 +184,20 @@ def best_checkpoint_path(cfg: Config, recipe: str | None = None) -> Path:
     return run_dir_for(cfg, recipe) / "best.pt"
 
 
-def model_from_identity(identity: dict[str, Any]) -> DualEncoder:
-    """A fresh DualEncoder with the sizes a training run recorded (width, out_dim, text_dim, pad value)."""
+def model_from_identity(identity: dict[str, Any], caption_encoder: bool = True) -> DualEncoder:
+    """A fresh DualEncoder with the sizes a training run recorded (width, out_dim, text_dim, pad value), and the
+    fine-tuned text encoder when the run had one (``caption_encoder=False`` leaves it out).
+    """
     audio_enc = CNN14Encoder(out_dim=int(identity["out_dim"]), width=float(identity["width"]))
-    return DualEncoder(audio_enc, int(identity["text_dim"]), pad_value=float(identity["pad_value"]))
+    text = None
+    if caption_encoder and (layers := finetuned_layers(identity.get("settings", {}))):
+        text = CaptionEncoder(load_text_model(identity["text_model"]), layers)
+    return DualEncoder(audio_enc, int(identity["text_dim"]), pad_value=float(identity["pad_value"]), caption_encoder=text)
+
+
+def finetuned_layers(recipe: dict[str, Any]) -> int:
+    """How many top layers of the text model a recipe fine-tunes (0: the baseline's cached, frozen vectors)."""
+    return int((recipe.get("text_finetune") or {}).get("layers", 0))
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -185,10 +232,11 @@ def _model_for(path: Path, checkpoint: dict[str, Any]) -> DualEncoder:
     """The model a checkpoint's identity describes, with its weights; shapes are compared before any memory is taken."""
     try:
         with torch.device("meta"):  # sizes only: a checkpoint naming an absurd width allocates nothing
-            skeleton = model_from_identity(checkpoint["identity"]).state_dict()
+            skeleton = model_from_identity(checkpoint["identity"], caption_encoder=False).state_dict()
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"Checkpoint {path} has an incomplete run identity ({exc!r}). Train the model again.") from None
-    state = checkpoint["model"]
+    # A fine-tuned text encoder (notebook 09) is the text model's own architecture: its keys are checked on loading.
+    state = {key: value for key, value in checkpoint["model"].items() if not key.startswith("caption_encoder.")}
     wrong = [f"{key}: {tuple(state[key].shape) if key in state else 'missing'} in the file, {tuple(value.shape)} wanted"
              for key, value in skeleton.items() if key not in state or state[key].shape != value.shape]
     wrong += [f"{key}: in the file, not in the model" for key in state if key not in skeleton]
@@ -196,7 +244,11 @@ def _model_for(path: Path, checkpoint: dict[str, Any]) -> DualEncoder:
         raise CheckpointError(f"Checkpoint {path} does not fit the model its identity describes: " + "; ".join(wrong[:3])
                               + ". Train the model again.")
     model = model_from_identity(checkpoint["identity"])
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:  # only the fine-tuned text encoder's keys can differ here
+        raise CheckpointError(f"Checkpoint {path} does not fit its fine-tuned text encoder ({exc}). "
+                              "Train the model again.") from None
     return model
 
 

@@ -46,7 +46,7 @@ from course_lib.files import (
     replace_folder,
     temporary_path,
 )
-from course_lib.synth_captions import describe_scene, pick
+from course_lib.synth_captions import Content, describe_scene_with_contents, pick
 from course_lib.synth_scenes import EVENT_TYPES, SAMPLE_RATE, Scene, event_catalogue, render_scene, sample_scene
 
 __all__ = ["generate_dataset", "ensure_synthetic_dataset", "event_catalogue", "CLOTHO_SCALE", "MARKER"]
@@ -66,12 +66,13 @@ METADATA_COLUMNS = ("file_name", "keywords", "sound_id", "sound_link", "start_en
 
 @dataclass(frozen=True)
 class Clip:
-    """Everything about one clip except its audio: name, scene, five captions, metadata row."""
+    """Everything about one clip except its audio: name, scene, five captions, metadata row, what each caption says."""
 
     file_name: str
     scene: Scene
     captions: list[str]
     metadata: dict[str, str]
+    contents: tuple[Content, ...] = ()  # one a caption (course_lib.synth_captions.paraphrase rewords them)
 
 
 def default_settings() -> dict:
@@ -112,7 +113,7 @@ def plan_split(split: str, n_clips: int, seed: int, min_seconds: float, max_seco
     for index in range(n_clips):
         rng = np.random.default_rng([seed, SPLITS.index(split), index])
         scene = sample_scene(rng, rng.uniform(min_seconds, max_seconds))
-        captions = describe_scene(scene, rng)
+        described = describe_scene_with_contents(scene, rng)
         quirk = QUIRKS.get(split, {}).get(index)
         title = {"leading space": " " + _title(scene, rng), "non-ASCII": "Café terrace " + _title(scene, rng),
                  "shared": SHARED_NAME[:-4]}.get(quirk) or _title(scene, rng)
@@ -120,7 +121,8 @@ def plan_split(split: str, n_clips: int, seed: int, min_seconds: float, max_seco
         while name.casefold() in used:  # case-insensitive: macOS and Windows file systems are
             name, suffix = f"{title}_{suffix}", suffix + 1
         used.add(name.casefold())
-        clips.append(Clip(name + ".wav", scene, captions, _metadata(name + ".wav", scene, rng)))
+        clips.append(Clip(name + ".wav", scene, [caption for caption, _ in described], _metadata(name + ".wav", scene, rng),
+                          tuple(content for _, content in described)))
     return clips
 
 

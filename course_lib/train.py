@@ -14,6 +14,10 @@ mean InfoNCE of fixed batches of captions (one shuffled order, the same every ep
 embeddings (the baseline padded the validation batches, so their loss depended on the padding);
 the validation text-to-audio mAP@10 is reported beside the loss without choosing anything.
 
+Beyond the baseline (notebook 09), a recipe can switch on ideas of the later systems, each off in
+``baseline``: a learned temperature, a fine-tuned text encoder, SpecAugment masks, extra captions, and
+self-distillation from a first model (``OPTIONS``). A recipe without one of these keys has it off.
+
 A run lives in one folder (``run_dir``, which may be on Google Drive): ``last.pt`` (everything
 needed to resume, written after every epoch), ``best.pt`` (the model with the lowest validation
 loss), ``history.csv`` and ``history.json``. How they are written, checked and read back, and the
@@ -25,6 +29,7 @@ moment resumes from its last complete epoch and ends where an uninterrupted run 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -43,6 +48,9 @@ from tqdm.auto import tqdm
 from course_lib import metrics
 from course_lib._gpu_memory import cuda_out_of_memory
 from course_lib._report import say
+from course_lib._text_models import load_text_model
+from course_lib.augment import SPEC_AUGMENT_OFF, spec_augment_on
+from course_lib.caption_augment import extra_caption_vectors
 from course_lib.checkpoints import (
     read_history,
     read_run,
@@ -54,17 +62,36 @@ from course_lib.checkpoints import (
     set_rng_states,
     write_history,
 )
-from course_lib.config import BASELINE_YAML, OUT_DIM, Config, ConfigError, resolve_device
+from course_lib.config import BASELINE_YAML, OUT_DIM, Config, ConfigError, recipe_problems, resolve_device
 from course_lib.data import PAD_VALUES, Collate, SplitData, load_split, make_dataset, reseed
-from course_lib.loss import infonce_loss
-from course_lib.model import DualEncoder, embed_captions, embed_clips, model_from_identity, run_dir_for
+from course_lib.distill import load_teacher
+from course_lib.loss import Temperature, infonce_loss, soft_infonce_loss
+from course_lib.model import (
+    DualEncoder,
+    caption_inputs,
+    embed_captions,
+    embed_clips,
+    finetuned_layers,
+    model_from_identity,
+    run_dir_for,
+)
 from course_lib.panns import ensure_pretrained_encoder
+from course_lib.text_finetune import CaptionEncoder, trainable_parameters
 
 __all__ = [
     "TrainingError", "Step", "fit", "train_one_epoch", "validate", "selects_by", "selection_score",
     "plateau_reached", "run_is_done", "recipe_settings", "epoch_budget", "train", "ensure_trained", "best_epoch",
-    "format_row", "autocast_dtype", "read_history",
+    "format_row", "autocast_dtype", "read_history", "OPTIONS", "options_on", "recipe_with",
 ]
+
+# Beyond the baseline (notebook 09): each idea's settings when it is off, as in baseline.yaml's baseline recipe.
+OPTIONS: dict[str, Any] = {
+    "learn_temperature": False,  # true: tau is a parameter (log tau), starting at the recipe's temperature
+    "text_finetune": {"layers": 0, "lr": 2.0e-5},  # layers > 0: the text model's top layers train, at their own lr
+    "spec_augment": SPEC_AUGMENT_OFF,  # time and frequency masks on training log-mels
+    "caption_augment": {"source": None, "probability": 0.5, "per_caption": 2},  # extra captions of the same clip
+    "distill": {"teacher": None, "weight": 0.5, "temperature": 0.07},  # a first model's best.pt to distil from
+}
 
 
 class TrainingError(RuntimeError):
@@ -76,9 +103,14 @@ class Step:
     """How a training step runs: on which device, at which precision, with which InfoNCE temperature."""
 
     device: torch.device
-    temperature: float
+    temperature: Temperature | float  # step.temperature() is tau: fixed (the baseline) or learned (notebook 09)
     amp_dtype: torch.dtype | None  # bf16 or fp16 autocast on a CUDA GPU; None: full fp32
     scaler: torch.amp.GradScaler  # scales the loss for fp16; passes it through otherwise
+    teacher: Any = None  # notebook 09: a course_lib.distill.Teacher whose scores soften the targets; None: one-hot
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.temperature, Temperature):  # a number: the baseline's fixed temperature
+            self.temperature = Temperature(float(self.temperature)).to(self.device)
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -95,31 +127,39 @@ def fit(
     device: str = "auto",
     callback: Callable[[dict[str, Any], DualEncoder], None] | None = None,
     verbose: bool = True,
+    extras: dict[str, Any] | None = None,
 ) -> Path:
     """Train ``model`` with InfoNCE as ``recipe`` says, resuming ``run_dir`` when it holds a run; returns best.pt.
 
     Taught in notebook 05, section 6. ``callback(history_row, model)`` is called after every epoch (live plots).
+    ``extras`` carries what notebook 09's options need beyond the recipe ("teacher", "extra_vectors"; ``train`` fills it).
     """
-    run_dir = Path(run_dir)
+    run_dir, extras = Path(run_dir), extras or {}
     # The device (CUDA, Apple MPS or CPU) and the precision: bf16 autocast where the GPU has it, else fp16 with a scaler.
     device = torch.device(resolve_device(device))
     amp_dtype = autocast_dtype(device, recipe.get("mixed_precision", True))
-    step = Step(device, recipe["temperature"], amp_dtype, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
+    temperature = Temperature(recipe["temperature"], learnable=recipe.get("learn_temperature", False)).to(device)
+    step = Step(device, temperature, amp_dtype, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                extras.get("teacher"))
     # Seeds: the same seed gives the same model (on a CPU, bit for bit).
     seed_everything(seed)
     model.pad_value = PAD_VALUES[recipe["pad_value"]]
     model.to(device)
     # The data: captions (or clips) in a new random order every epoch; whole clips padded, or random crops.
-    collate = Collate(recipe.get("crop_frames"), model.pad_value)
-    train_set = make_dataset(train_split, recipe["sampling"])
+    collate = Collate(recipe.get("crop_frames"), model.pad_value, recipe.get("spec_augment"))
+    train_set = make_dataset(train_split, recipe["sampling"], text_inputs=_tokens(model, train_split))
+    train_set.extra_vectors = extras.get("extra_vectors") or {}  # caption augmentation (notebook 09)
+    train_set.extra_probability = (recipe.get("caption_augment") or {}).get("probability", 0.0)
     loader_rng = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, recipe["batch_size"], shuffle=True, generator=loader_rng, collate_fn=collate,
                               **_loader_options(train_set, device))
     # Validation: every caption, in fixed batches of one shuffled order, against its clip embedded whole.
     val_order = np.random.default_rng(0).permutation(len(val_split.fids))
     val_batches = [val_order[i : i + recipe["batch_size"]] for i in range(0, len(val_order), recipe["batch_size"])]
+    val_text = caption_inputs(model, val_split)  # vectors, or tokens (tokenised once) for a fine-tuned text encoder
     # Adam, and ReduceLROnPlateau on the validation loss (the baseline) or mAP@10, with the baseline's values.
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe["lr"], weight_decay=recipe.get("weight_decay", 0.0))
+    optimizer = torch.optim.Adam(_parameter_groups(model, temperature, recipe), lr=recipe["lr"],
+                                 weight_decay=recipe.get("weight_decay", 0.0))
     plateau = recipe["lr_plateau"]
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min" if selects_by(recipe) == "val_loss" else "max", factor=plateau["factor"],
@@ -136,6 +176,7 @@ def fit(
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             step.scaler.load_state_dict(checkpoint["scaler"])
+            temperature.load_state_dict(checkpoint["temperature"])
             set_rng_states(checkpoint["rng"], loader_rng)
             history, best_score = checkpoint["history"], checkpoint["best_score"]
             start_epoch = checkpoint["epoch"] + 1
@@ -152,11 +193,12 @@ def fit(
                 reseed(train_set, collate, seed, epoch)  # this epoch's captions and crops: the same in any worker
                 train_loss = train_one_epoch(model, train_loader, optimizer, step, epoch, verbose)
             # Validate: the loss (or, with select_by, mAP@10) picks the best model and drives the schedule.
-            val_loss, val_map10 = validate(model, val_split, val_batches, step, epoch)
+            val_loss, val_map10 = validate(model, val_split, val_batches, step, epoch, val_text)
             scheduler.step(val_loss if selects_by(recipe) == "val_loss" else val_map10)
             history.append({
                 "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_t2a_map10": val_map10,
-                "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start,
+                "lr": optimizer.param_groups[0]["lr"], "temperature": float(temperature().detach()),
+                "epoch_s": time.perf_counter() - epoch_start,
                 "elapsed_s": time.perf_counter() - started,
             })
             # Keep the best model so far: lowest validation loss (the baseline), or highest mAP@10.
@@ -169,7 +211,8 @@ def fit(
             # Save everything needed to resume (model, optimiser, schedule, scaler, history, random states), then the history.
             save_checkpoint({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": step.scaler.state_dict(), "epoch": epoch, "history": history, "best_score": best_score,
+                "scaler": step.scaler.state_dict(), "temperature": temperature.state_dict(), "epoch": epoch,
+                "history": history, "best_score": best_score,
                 "rng": rng_states(loader_rng), "identity": identity, "finished": finished,
             }, run_dir / "last.pt")
             write_history(history, run_dir)
@@ -198,7 +241,11 @@ def train_one_epoch(
             # Forward both branches and score the batch with InfoNCE.
             with step.autocast():
                 audio_emb, text_emb = model(audio, text)
-            loss = infonce_loss(audio_emb, text_emb, clip_ids, step.temperature)
+            if step.teacher is None:
+                loss = infonce_loss(audio_emb, text_emb, clip_ids, step.temperature())
+            else:  # self-distillation (notebook 09): the targets mix the matches with a first model's softened scores
+                loss = soft_infonce_loss(audio_emb, text_emb, clip_ids, step.teacher.targets(text, clip_ids),
+                                         step.temperature())
             # A NaN or infinite loss would wreck the weights: stop now, before the update, keeping the last good checkpoint.
             if not torch.isfinite(loss):
                 raise TrainingError(f"The training loss became {loss.item()} in epoch {epoch} (batch {batch} of "
@@ -217,21 +264,24 @@ def train_one_epoch(
 
 @torch.no_grad()
 def validate(
-    model: DualEncoder, split: SplitData, batches: Sequence[np.ndarray], step: Step, epoch: int = 0
+    model: DualEncoder, split: SplitData, batches: Sequence[np.ndarray], step: Step, epoch: int = 0,
+    text_inputs: np.ndarray | torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """Validation loss (mean InfoNCE of the caption batches) and text-to-audio mAP@10, from clips embedded as evaluation does.
 
     Each clip is embedded once, whole and unpadded (``embed_clips``); the mAP@10 is DCASE's on one score matrix.
+    ``text_inputs``: what the text branch reads (default: the split's cached caption vectors).
     """
     clip_fids = list(split.clip_fids)
     audio = embed_clips(model, split.h5_path, clip_fids, device=str(step.device))
-    text = embed_captions(model, split.vectors, device=str(step.device))
+    text = embed_captions(model, split.vectors if text_inputs is None else text_inputs, device=str(step.device))
     if not (np.isfinite(audio).all() and np.isfinite(text).all()):
         raise TrainingError(f"The model gave NaN or infinite embeddings in the validation of epoch {epoch}: the last "
                             f"updates of the epoch broke its weights. {_stopped_advice(epoch)}")
     clip_of = pd.Index(clip_fids).get_indexer(split.fids)  # each caption's clip, as a row of ``audio``
     audio_t, text_t = torch.from_numpy(audio), torch.from_numpy(text)
-    losses = [infonce_loss(audio_t[clip_of[rows]], text_t[rows], torch.from_numpy(clip_of[rows]), step.temperature).item()
+    tau = float(step.temperature().detach())
+    losses = [infonce_loss(audio_t[clip_of[rows]], text_t[rows], torch.from_numpy(clip_of[rows]), tau).item()
               for rows in batches]
     retrieval = metrics.text_to_audio(metrics.score_matrix(text, audio), split.fids, clip_fids)
     return float(np.average(losses, weights=[len(rows) for rows in batches])), float(retrieval.means["mAP@10"])
@@ -295,6 +345,7 @@ def train(
     """
     name, settings = recipe_settings(cfg, recipe)
     settings["max_epochs"] = int(max_epochs) if max_epochs is not None else epoch_budget(cfg, settings)
+    _check_options(name, settings)
     train_split, val_split = load_split(cfg, "development"), load_split(cfg, "validation")
     identity = _profile_identity(cfg, name, settings, seed, train_split)
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg, name)
@@ -303,9 +354,10 @@ def train(
         model = model_from_identity(identity)  # its weights come from last.pt, which fit checks before using it
     else:
         encoder = ensure_pretrained_encoder(cfg)[0]  # PANNs weights when the profile asks for them, else random
-        model = DualEncoder(encoder, identity["text_dim"])
-    return fit(model, train_split, val_split, settings, run_dir, identity, seed, cfg.settings.get("device", "auto"),
-               callback, verbose)
+        model = DualEncoder(encoder, identity["text_dim"], caption_encoder=_caption_encoder(cfg, settings))
+    device = cfg.settings.get("device", "auto")
+    return fit(model, train_split, val_split, settings, run_dir, identity, seed, device, callback, verbose,
+               _option_extras(cfg, settings, train_split, resolve_device(device)))
 
 
 def ensure_trained(cfg: Config, recipe: str | None = None, verbose: bool = True) -> Path:
@@ -348,10 +400,96 @@ def autocast_dtype(device: torch.device, mixed_precision: bool = True) -> torch.
 
 
 def _profile_identity(cfg: Config, name: str, settings: dict[str, Any], seed: int, train_split: SplitData) -> dict[str, Any]:
-    """The identity of the profile's run of recipe ``name``: its encoder, text model, captions and settings."""
+    """The identity of the profile's run of recipe ``name``: its encoder, text model, captions and settings.
+
+    Notebook 09's options count only when on: a baseline run is the same run with or without their keys.
+    """
     encoder = cfg.settings["audio_encoder"]
+    settings = {key: value for key, value in settings.items() if key not in OPTIONS or key in options_on(settings)}
     return run_identity(name, settings, seed, encoder["width"], OUT_DIM, cfg.settings["text_model"],
                         train_split.vectors.shape[1], encoder["pretrained"], train_split)
+
+
+# --- beyond the baseline (notebook 09) --------------------------------------------------------
+
+
+def options_on(recipe: dict[str, Any]) -> list[str]:
+    """The names of notebook 09's options a recipe switches on (none in the baseline)."""
+    on = {
+        "learn_temperature": bool(recipe.get("learn_temperature", False)),
+        "text_finetune": finetuned_layers(recipe) > 0,
+        "spec_augment": spec_augment_on(recipe.get("spec_augment")),
+        "caption_augment": (recipe.get("caption_augment") or {}).get("source") is not None,
+        "distill": (recipe.get("distill") or {}).get("teacher") is not None,
+    }
+    return [name for name, is_on in on.items() if is_on]
+
+
+def recipe_with(cfg: Config, changes: dict[str, Any], recipe: str | None = None, name: str | None = None) -> tuple[str, Config]:
+    """(recipe name, a Config holding the recipe with ``changes``): nested settings are merged, unknown keys refused.
+
+    Taught in notebook 09 (notebook 08's trials use it too). ``name`` names the changed recipe (default: unchanged).
+    """
+    base, settings = recipe_settings(cfg, recipe)
+    unknown = sorted(set(changes) - set(settings) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"Recipe {base!r} has no setting {unknown}. Use its settings ({', '.join(settings)}) or "
+                          f"notebook 09's options ({', '.join(OPTIONS)}).")
+    for key, value in changes.items():
+        default = settings.get(key, OPTIONS.get(key))
+        settings[key] = {**copy.deepcopy(default), **value} if isinstance(default, dict) and isinstance(value, dict) else value
+    if problems := recipe_problems(settings, f"training.{base}"):
+        raise ConfigError(f"Recipe {base!r} with {changes} cannot be used: " + "; ".join(problems))
+    name = name or base
+    return name, dataclasses.replace(cfg, training={**(cfg.training or {}), name: settings})
+
+
+def _check_options(name: str, recipe: dict[str, Any]) -> None:
+    """Refuse options that cannot go together, naming them and what to do."""
+    on = set(options_on(recipe))
+    for pair in (("text_finetune", "caption_augment"), ("text_finetune", "distill")):
+        if set(pair) <= on:
+            raise ConfigError(f"Recipe {name!r} switches on both {pair[0]} and {pair[1]}; this course trains them one at "
+                              f"a time. Switch one off.")
+
+
+def _option_extras(cfg: Config, recipe: dict[str, Any], train_split: SplitData, device: str) -> dict[str, Any]:
+    """What the switched-on options need beyond the recipe: the teacher, the extra caption vectors."""
+    extras: dict[str, Any] = {}
+    if "distill" in options_on(recipe):
+        distill = {**OPTIONS["distill"], **recipe["distill"]}
+        teacher = Path(distill["teacher"])
+        if not teacher.suffix:  # a recipe's name: that recipe's run of this profile
+            teacher = run_dir_for(cfg, str(distill["teacher"])) / "best.pt"
+        extras["teacher"] = load_teacher(teacher, train_split, distill["weight"], distill["temperature"], device)
+    if "caption_augment" in options_on(recipe):
+        augment = {**OPTIONS["caption_augment"], **recipe["caption_augment"]}
+        extras["extra_vectors"] = extra_caption_vectors(cfg, augment["source"], augment["per_caption"])
+    return extras
+
+
+def _caption_encoder(cfg: Config, recipe: dict[str, Any]) -> torch.nn.Module | None:
+    """The text model with its top layers trainable when the recipe fine-tunes it, else None (cached vectors)."""
+    if not (layers := finetuned_layers(recipe)):
+        return None
+    return CaptionEncoder(load_text_model(cfg.settings["text_model"]), layers)
+
+
+def _tokens(model: DualEncoder, split: SplitData) -> torch.Tensor | None:
+    """A split's caption tokens for a fine-tuned text encoder (tokenised once a run), else None (cached vectors)."""
+    return None if model.caption_encoder is None else caption_inputs(model, split)
+
+
+def _parameter_groups(model: DualEncoder, temperature: Temperature, recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """Adam's parameter groups: the model at the recipe's lr, a learned temperature, a fine-tuned text encoder at its lr."""
+    text = model.caption_encoder
+    groups = [{"params": [p for name, p in model.named_parameters()
+                          if p.requires_grad and not name.startswith("caption_encoder.")]}]
+    if temperature.log_tau.requires_grad:
+        groups.append({"params": [temperature.log_tau]})
+    if text is not None:
+        groups.append({"params": trainable_parameters(text), "lr": {**OPTIONS["text_finetune"], **recipe["text_finetune"]}["lr"]})
+    return groups
 
 
 def _stopped_advice(epoch: int) -> str:

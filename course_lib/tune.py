@@ -33,7 +33,7 @@ import pandas as pd
 
 from course_lib import train
 from course_lib._report import say
-from course_lib.config import QUICK_TRIAL_EPOCHS, QUICK_TRIALS, Config
+from course_lib.config import QUICK_TRIAL_EPOCHS, QUICK_TRIALS, Config, ConfigError
 
 __all__ = [
     "INSTALL_HINT", "METRIC", "MODE", "Search", "trial", "trial_recipe", "search_space", "baseline_config", "asha",
@@ -81,14 +81,12 @@ def trial(config: dict[str, Any], cfg: Config) -> None:
 
 def trial_recipe(cfg: Config, config: dict[str, Any]) -> tuple[str, Config]:
     """(recipe name, a Config whose recipe of that name holds the trial's values) for ``train.train``."""
-    name, settings = train.recipe_settings(cfg, config.get("recipe"))
-    changes = {key: value for key, value in config.items() if key not in TRIAL_KEYS}
-    unknown = sorted(set(changes) - set(settings))
-    if unknown:
-        raise ValueError(f"A trial's config has {unknown}, which recipe {name!r} does not have. "
-                         f"Use recipe values ({', '.join(settings)}) or {', '.join(TRIAL_KEYS)}.")
-    settings.update({key: _plain(value) for key, value in changes.items()})
-    return name, dataclasses.replace(cfg, training={**(cfg.training or {}), name: settings})
+    changes = {key: _plain(value) for key, value in config.items() if key not in TRIAL_KEYS}
+    try:
+        return train.recipe_with(cfg, changes, config.get("recipe"))
+    except ConfigError as exc:
+        raise ValueError(f"A trial's config cannot be used ({exc}). Trial keys besides recipe values: "
+                         f"{', '.join(TRIAL_KEYS)}.") from None
 
 
 def search_space(max_epochs: int = 4) -> dict[str, Any]:
