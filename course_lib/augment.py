@@ -25,7 +25,7 @@ def spec_augment(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """A masked copy of a (T, 64) log-mel: ``time_masks`` stretches of 0..time_width frames, ``freq_masks`` bands of
-    0..freq_width mel bins, each set to the clip's mean. Taught in notebook 09.
+    0..freq_width mel bins, each set to the clip's mean. Taught in notebook 09, section 4.
     """
     masked, fill = log_mel.clone(), log_mel.mean()
     for axis, count, widest in ((0, time_masks, time_width), (1, freq_masks, freq_width)):

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from course_lib import train
-from course_lib.config import QUICK_EPOCHS, Config
+from course_lib.config import QUICK_TRIAL_EPOCHS, Config
 from course_lib.data import load_split
 from course_lib.metrics import Retrieval, jackknife_interval
 from course_lib.model import ensemble_text_to_audio, evaluate_text_to_audio, load_trained_model
@@ -80,10 +80,10 @@ def compare(
 ) -> Comparison:
     """Every idea trained for every seed at the same epoch budget, scored on the evaluation split; plus the ensemble.
 
-    Taught in notebook 09. The quick setting (COURSE_QUICK=1) trains each run QUICK_EPOCHS epochs at most.
+    Taught in notebook 09, section 7. The quick setting (COURSE_QUICK=1) trains each run QUICK_TRIAL_EPOCHS epoch at most.
     """
     ideas = IDEAS if ideas is None else ideas
-    epochs = min(epochs, QUICK_EPOCHS) if cfg.quick else epochs
+    epochs = min(epochs, QUICK_TRIAL_EPOCHS) if cfg.quick else epochs
     evaluation = load_split(cfg, "evaluation")
     rows, per_query, baselines = [], {}, []
     for seed in seeds:
@@ -107,7 +107,7 @@ def compare(
 def gains(comparison: Comparison, metrics: tuple[str, ...] = ("mAP@10", "R@1")) -> pd.DataFrame:
     """Each idea's mean over seeds and its change against the baseline, with a 95 % jackknife interval.
 
-    Taught in notebook 09. The change is paired: per caption, the idea's value (averaged over seeds) minus the
+    Taught in notebook 09, section 7. The change is paired: per caption, the idea's value (averaged over seeds) minus the
     baseline's, so the interval reflects which captions moved, not how hard the evaluation split is.
     """
     reference = _mean_per_query(comparison, "baseline")

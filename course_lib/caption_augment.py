@@ -44,7 +44,7 @@ class CaptionSourceError(ValueError):
 def extra_captions(cfg: Config, source: str, per_caption: int = 2, seed: int = 0) -> pd.DataFrame:
     """Extra captions of development clips, one row each (fid, caption): paraphrases or a CSV file's captions.
 
-    Taught in notebook 09. ``per_caption`` and ``seed`` apply to paraphrases (that many of each caption); a CSV
+    Taught in notebook 09, section 5. ``per_caption`` and ``seed`` apply to paraphrases (that many of each caption); a CSV
     file gives what it holds.
     """
     if str(source) != PARAPHRASES:
@@ -71,7 +71,7 @@ def extra_caption_vectors(cfg: Config, source: str, per_caption: int = 2, seed: 
                           verbose: bool = True) -> dict[str, np.ndarray]:
     """{fid: (k, d) float32 unit vectors} of every development clip's extra captions (k = 0 for a clip with none).
 
-    Taught in notebook 09. Embedded with the profile's text_model; a second call reuses the cache file.
+    Taught in notebook 09, section 5. Embedded with the profile's text_model; a second call reuses the cache file.
     """
     extra = extra_captions(cfg, source, per_caption, seed)
     tids = [f"{fid}/extra_{number}" for fid, number in zip(extra["fid"], extra.groupby("fid").cumcount(), strict=True)]

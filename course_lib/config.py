@@ -25,8 +25,8 @@ import yaml
 
 __all__ = [
     "PROFILES", "DEFAULT_PROFILE", "SPLITS", "SAMPLE_RATE", "HOP_SECONDS", "OUT_DIM", "BASELINE_YAML", "QUICK_ENV",
-    "QUICK_EPOCHS", "QUICK_TRIALS", "QUICK_TRIAL_EPOCHS", "REPO_ROOT", "ConfigError", "Config", "default_data_root",
-    "read_yaml", "load_config", "quick_from_environment", "quick_summary", "check_writable", "in_colab",
+    "QUICK_EPOCHS", "QUICK_TRIALS", "QUICK_TRIAL_EPOCHS", "QUICK_CLIPS", "REPO_ROOT", "ConfigError", "Config",
+    "default_data_root", "read_yaml", "load_config", "quick_from_environment", "quick_summary", "check_writable", "in_colab",
     "resolve_device", "BASELINE_SCHEMA", "RECIPE_SCHEMA", "PROFILE_SCHEMA", "SYNTH_SCHEMA", "config_problems", "recipe_problems",
 ]
 
@@ -43,7 +43,8 @@ BASELINE_YAML = Path(__file__).with_name("baseline.yaml")
 QUICK_ENV = "COURSE_QUICK"
 QUICK_EPOCHS = 2  # training stops after this many epochs (epoch 0 measures the untrained model)
 QUICK_TRIALS = 2  # Ray Tune runs at most this many trials ...
-QUICK_TRIAL_EPOCHS = 1  # ... of at most this many epochs each
+QUICK_TRIAL_EPOCHS = 1  # ... of at most this many epochs each (and notebook 09's experiment runs too)
+QUICK_CLIPS = {"development": 32, "validation": 16, "evaluation": 48}  # the synthetic set, in <profile>-quick/
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,7 +65,8 @@ class Config:
 
     @property
     def profile_dir(self) -> Path:
-        return self.data_root / self.profile
+        """<data root>/<profile>; the quick setting's smaller synthetic set lives beside it, in <profile>-quick."""
+        return self.data_root / (f"{self.profile}-quick" if self.quick and "synth" in self.settings else self.profile)
 
     @property
     def dataset_dir(self) -> Path:
@@ -130,7 +132,8 @@ def load_config(
 
     ``splits`` narrows the profile to some splits, e.g. ``["evaluation"]`` to evaluate released weights on
     Clotho without downloading the training data. ``quick`` (default: ``COURSE_QUICK=1``) keeps the code path
-    and shrinks the amounts: training stops after QUICK_EPOCHS epochs, Ray Tune runs QUICK_TRIALS short trials.
+    and shrinks the amounts: training stops after QUICK_EPOCHS epochs, Ray Tune runs QUICK_TRIALS short trials, and
+    a synthetic profile generates QUICK_CLIPS clips in a folder of its own (the full set is never replaced).
     """
     profile = profile or os.environ.get("COURSE_PROFILE") or DEFAULT_PROFILE
     loaded = read_yaml(Path(yaml_path or os.environ.get("COURSE_CONFIG") or BASELINE_YAML))
@@ -150,6 +153,8 @@ def load_config(
     training = loaded.get("training") or {}
     if quick:
         training = {name: {**recipe, "max_epochs": min(recipe["max_epochs"], QUICK_EPOCHS)} for name, recipe in training.items()}
+        if "synth" in settings:
+            settings = {**settings, "synth": {**settings["synth"], "clips": QUICK_CLIPS}}
     return Config(profile, root, loaded["baseline"], settings, training, quick)
 
 
@@ -166,7 +171,9 @@ def quick_summary(cfg: Config) -> str:
     """One line saying what the quick setting shortens, or '' when it is off."""
     if not cfg.quick:
         return ""
-    return (f"{QUICK_ENV}=1: training stops after {QUICK_EPOCHS} epochs, Ray Tune runs at most {QUICK_TRIALS} trials "
+    clips = cfg.settings.get("synth", {}).get("clips")
+    data = f"{'/'.join(map(str, clips.values()))} synthetic clips in {cfg.profile_dir.name}/, " if isinstance(clips, dict) else ""
+    return (f"{QUICK_ENV}=1: {data}training stops after {QUICK_EPOCHS} epochs, Ray Tune runs at most {QUICK_TRIALS} trials "
             f"of {QUICK_TRIAL_EPOCHS} epoch; unset it for the full course")
 
 

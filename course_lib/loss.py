@@ -65,7 +65,7 @@ def infonce_loss(
 class Temperature(nn.Module):
     """The softmax temperature tau, stored as log tau: fixed (the baseline) or learned with the model.
 
-    Taught in notebook 09. Learning log tau keeps tau positive, and a step changes it by a factor, not an amount.
+    Taught in notebook 09, section 2. Learning log tau keeps tau positive, and a step changes it by a factor, not an amount.
     """
 
     def __init__(self, value: float = TEMPERATURE, learnable: bool = False):
@@ -81,7 +81,7 @@ def distillation_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(text->audio, audio->text) targets, (B, B) each: (1 - weight) x the matches + weight x the teacher's softmax.
 
-    Taught in notebook 09. ``teacher_scores[i, j]`` is a first model's score of caption i against clip j; its softmax
+    Taught in notebook 09, section 6. ``teacher_scores[i, j]`` is a first model's score of caption i against clip j; its softmax
     at ``temperature`` says which clips of the batch that model finds plausible for caption i. Every row sums to 1;
     items of the same clip stay out of each other's rows, as in ``infonce_loss``.
     """

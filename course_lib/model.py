@@ -147,7 +147,7 @@ def evaluate_text_to_audio(model: DualEncoder, split: SplitData, device: str = "
 
 
 def ensemble_text_to_audio(models: list[DualEncoder], split: SplitData, device: str = "cpu") -> metrics.Retrieval:
-    """Text-to-audio retrieval ranked by the mean of several models' score matrices. Taught in notebook 09."""
+    """Text-to-audio retrieval ranked by the mean of several models' score matrices. Taught in notebook 09, section 6."""
     if not models:
         raise ValueError("An ensemble needs at least one model; pass a list of trained models.")
     scores = np.mean([split_scores(model, split, device) for model in models], axis=0)

@@ -51,7 +51,15 @@ from course_lib.config import Config, resolve_device
 from course_lib.data import load_split
 from course_lib.files import atomic_path, building
 from course_lib.metrics import ranks_of, top_k
-from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, embed_clips, load_trained_model
+from course_lib.model import (
+    DualEncoder,
+    best_checkpoint_path,
+    caption_inputs,
+    embed_captions,
+    embed_clips,
+    load_trained_model,
+)
+from course_lib.text_finetune import tokenise
 
 __all__ = [
     "ClipIndex", "Hit", "QueryError", "Results", "SearchEngine", "build_index", "fit_percentile", "load_index",
@@ -207,6 +215,8 @@ class SearchEngine:
         """A text query as the model sees a caption: Sentence-BERT vector -> text projection -> (300,) unit vector."""
         from course_lib.text import encode_captions
 
+        if self.model.caption_encoder is not None:  # a fine-tuned text encoder (notebook 09) reads the query's tokens
+            return embed_captions(self.model, tokenise(self.model.caption_encoder.text_model, [query]), device=self.device)[0]
         vector = encode_captions(self.text_model, [query], progress=False)
         return embed_captions(self.model, vector, device=self.device)[0]
 
@@ -359,7 +369,7 @@ def build_index(cfg: Config, split: str, model: DualEncoder, clip_vectors: np.nd
     device = next(model.parameters()).device
     if clip_vectors is None:  # embed_clips pads no clip, just as a sound searched for is not padded
         clip_vectors = embed_clips(model, data.h5_path, fids, device=str(device))
-    caption_vectors = embed_captions(model, data.vectors, device=device)
+    caption_vectors = embed_captions(model, caption_inputs(model, data), device=device)
     captions = table[["tid", "fid", "fname", "raw_text", "text"]].reset_index(drop=True)
     return ClipIndex(split, fids, np.array([fname_of[fid] for fid in fids]), clip_vectors, captions, caption_vectors,
                      data.h5_path)

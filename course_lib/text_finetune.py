@@ -42,7 +42,7 @@ __all__ = ["tokenise", "CaptionEncoder", "trainable_parameters", "transformer_la
 def tokenise(text_model: SentenceTransformer, captions: list[str]) -> torch.Tensor:
     """(N, 2, L) int64: each caption's input_ids (row 0) and attention_mask (row 1), padded to the longest caption.
 
-    Taught in notebook 09. Captions longer than the model's max_seq_length are cut there, as encode() cuts them.
+    Taught in notebook 09, section 3. Captions longer than the model's max_seq_length are cut there, as encode() cuts them.
     """
     _check_no_prompt(text_model)
     if not captions:
@@ -55,7 +55,7 @@ def tokenise(text_model: SentenceTransformer, captions: list[str]) -> torch.Tens
 class CaptionEncoder(nn.Module):
     """Sentence-BERT with its top ``unfrozen_layers`` transformer layers trainable: tokens (B, 2, L) -> (B, d) unit vectors.
 
-    Taught in notebook 09. It trains ``text_model`` in place: give it a model of its own (``load_text_model``).
+    Taught in notebook 09, section 3. It trains ``text_model`` in place: give it a model of its own (``load_text_model``).
     """
 
     def __init__(self, text_model: SentenceTransformer, unfrozen_layers: int):
@@ -90,7 +90,10 @@ class CaptionEncoder(nn.Module):
 
 
 def trainable_parameters(encoder: CaptionEncoder) -> list[nn.Parameter]:
-    """The parameters of the encoder's trained layers (for their own optimizer group and learning rate)."""
+    """The parameters of the encoder's trained layers (for their own optimizer group and learning rate).
+
+    Taught in notebook 09, section 3.
+    """
     return [parameter for layer in encoder.trained_layers for parameter in layer.parameters()]
 
 

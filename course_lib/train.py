@@ -428,7 +428,8 @@ def options_on(recipe: dict[str, Any]) -> list[str]:
 def recipe_with(cfg: Config, changes: dict[str, Any], recipe: str | None = None, name: str | None = None) -> tuple[str, Config]:
     """(recipe name, a Config holding the recipe with ``changes``): nested settings are merged, unknown keys refused.
 
-    Taught in notebook 09 (notebook 08's trials use it too). ``name`` names the changed recipe (default: unchanged).
+    Notebook 09's experiments (course_lib.beyond) and notebook 08's trials use it. ``name`` names the changed recipe
+    (default: unchanged).
     """
     base, settings = recipe_settings(cfg, recipe)
     unknown = sorted(set(changes) - set(settings) - set(OPTIONS))

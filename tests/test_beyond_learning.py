@@ -7,6 +7,7 @@ self-distillation from the shared baseline model), one with the text encoder's t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,8 +16,9 @@ from course_lib._text_models import load_text_model
 from course_lib.cnn14 import encoder_from_config
 from course_lib.config import Config
 from course_lib.data import load_split
-from course_lib.model import DualEncoder, best_checkpoint_path, evaluate_text_to_audio, load_trained_model
-from course_lib.text_finetune import transformer_layers
+from course_lib.model import DualEncoder, best_checkpoint_path, embed_captions, evaluate_text_to_audio, load_trained_model
+from course_lib.search import SearchEngine
+from course_lib.text_finetune import tokenise, transformer_layers
 
 OPTIONS_ON = {
     "cached vectors": {"learn_temperature": True, "spec_augment": {"time_masks": 2, "freq_masks": 2},
@@ -61,3 +63,17 @@ def test_fine_tuning_changes_the_text_encoder_only_in_its_unfrozen_layer(options
     assert top
     for key, value in fresh.state_dict().items():
         assert (not torch.equal(value, trained[key])) == (value.data_ptr() in top), key
+
+
+def test_the_search_engine_reads_a_fine_tuned_models_queries_through_its_own_text_encoder(options_run) -> None:
+    kind, cfg, best = options_run
+    if kind != "fine-tuned text":
+        pytest.skip("the cached-vector run searches as the baseline does")
+    engine = SearchEngine.from_config(cfg, checkpoint=best, device="cpu")
+    evaluation = load_split(cfg, "evaluation")
+    model = engine.model
+    expected = embed_captions(model, tokenise(model.caption_encoder.text_model, [evaluation.captions[0]]))[0]
+    np.testing.assert_allclose(engine.embed_query(evaluation.captions[0]), expected, atol=1e-6)
+    index = engine.index("evaluation")
+    np.testing.assert_allclose(index.caption_vectors[0], expected, atol=1e-5)  # captions indexed the same way
+    assert engine.search("a bell rings", k=3).clips

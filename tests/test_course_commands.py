@@ -6,6 +6,7 @@ it must never be on by accident in `make course`, and every notebook says when i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from course_lib import pipeline
-from course_lib.config import QUICK_EPOCHS, ConfigError, load_config
+from course_lib.config import QUICK_CLIPS, QUICK_EPOCHS, ConfigError, load_config, quick_summary
 from course_lib.train import recipe_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,24 @@ def test_the_quick_setting_cuts_every_recipe_to_a_couple_of_epochs_and_says_so(t
     assert first.startswith("quick") and "COURSE_QUICK=1" in first and f"{QUICK_EPOCHS} epochs" in first
     pipeline.prepare(full, until="dataset")
     assert "quick" not in capsys.readouterr().out
+
+
+def test_the_quick_setting_generates_a_smaller_synthetic_set_beside_the_full_one_never_in_its_place(tmp_path) -> None:
+    full = load_config("synthetic", data_root=tmp_path, quick=False)
+    quick = load_config("synthetic", data_root=tmp_path, quick=True)
+    assert quick.settings["synth"]["clips"] == QUICK_CLIPS != full.settings["synth"]["clips"]
+    assert quick.profile_dir == tmp_path / "synthetic-quick" and full.profile_dir == tmp_path / "synthetic"
+    assert "32/16/48 synthetic clips in synthetic-quick/" in quick_summary(quick)
+    (full.dataset_dir / "development").mkdir(parents=True)
+    (full.dataset_dir / "development" / "mine.wav").write_bytes(b"a learner's full set")
+    small = quick.settings["synth"] | {"clips": {"development": 2, "validation": 1, "evaluation": 1},
+                                       "min_seconds": 1.0, "max_seconds": 1.5}
+    quick = dataclasses.replace(quick, settings={**quick.settings, "synth": small})
+    pipeline.prepare(quick, until="dataset", verbose=False)
+    assert len(list(quick.dataset_dir.rglob("*.wav"))) == 4
+    assert [path.name for path in full.dataset_dir.rglob("*.wav")] == ["mine.wav"]  # the full set is left alone
+    clotho = load_config("clotho", data_root=tmp_path, quick=True)
+    assert clotho.profile_dir == tmp_path / "clotho"  # real data is the same data in the quick setting
 
 
 @pytest.mark.parametrize("value", ["yes", "2", "true"])
