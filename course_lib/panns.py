@@ -35,6 +35,7 @@ from course_lib._panns_weights import (
     refuse_non_finite,
     width_of,
 )
+from course_lib._report import say
 from course_lib.cnn14 import BLOCK_CHANNELS, MODULES_PER_BLOCK, CNN14Encoder, encoder_from_config
 from course_lib.config import OUT_DIM, Config
 from course_lib.download import DownloadError, fetch, file_md5, host_reachable
@@ -203,11 +204,11 @@ def fetch_panns_checkpoint(cfg: Config, url: str = PANNS_URL, retries: int = 3, 
 
 
 def ensure_pretrained_encoder(
-    cfg: Config, url: str = PANNS_URL, retries: int = 3, timeout_seconds: float = 60.0
+    cfg: Config, url: str = PANNS_URL, retries: int = 3, timeout_seconds: float = 60.0, verbose: bool = True
 ) -> tuple[CNN14Encoder, str]:
     """The profile's encoder, with PANNs weights when the profile asks for them and they can be had; says which.
 
-    Taught in notebook 03, section 5.
+    Taught in notebook 03, section 5. ``verbose=False`` keeps quiet unless the weights could not be had (offline).
     """
     settings = cfg.settings["audio_encoder"]
     if not settings["pretrained"] or settings["width"] != 1.0:
@@ -216,14 +217,14 @@ def ensure_pretrained_encoder(
             f"Profile {cfg.profile!r} (CNN14 width {settings['width']:g}) {reason}: "
             "the encoder starts from random (Kaiming) initialisation."
         )
-        print(status)
+        say(verbose, status)
         return encoder_from_config(cfg), status
     saved = Path(cfg.models_dir) / f"CNN14_{OUT_DIM}.pth"
     if saved.is_file():
         try:
             encoder = load_encoder_weights(CNN14Encoder(out_dim=OUT_DIM), saved)
             status = f"Loaded the PANNs-initialised encoder from {saved}."
-            print(status)
+            say(verbose, status)
             return encoder, status
         except (ValueError, OSError) as exc:
             print(f"{saved} cannot be used ({exc}); transferring the PANNs weights again.")
@@ -238,5 +239,5 @@ def ensure_pretrained_encoder(
     encoder, report = transfer_panns(checkpoint, out_dim=OUT_DIM)
     save_transferred_encoder(encoder, saved)
     status = f"Transferred PANNs Cnn14 into the encoder and saved it as {saved}.\n{report}"
-    print(status)
+    say(verbose, status)
     return encoder, status

@@ -353,7 +353,7 @@ def train(
     if (run_dir / "last.pt").is_file():
         model = model_from_identity(identity)  # its weights come from last.pt, which fit checks before using it
     else:
-        encoder = ensure_pretrained_encoder(cfg)[0]  # PANNs weights when the profile asks for them, else random
+        encoder = ensure_pretrained_encoder(cfg, verbose=verbose)[0]  # PANNs weights when the profile asks for them
         model = DualEncoder(encoder, identity["text_dim"], caption_encoder=_caption_encoder(cfg, settings))
     device = cfg.settings.get("device", "auto")
     return fit(model, train_split, val_split, settings, run_dir, identity, seed, device, callback, verbose,
