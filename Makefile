@@ -15,7 +15,7 @@ PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 help:
 	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"
 	@echo "make test    lint, unit tests, every notebook under nbmake (quick setting), the widget tests under ipywidgets 7.7.1"
-	@echo "make check   lint and the unit tests without the notebooks: the quick loop while you work"
+	@echo "make check   lint and the unit tests, without the notebooks and the end-to-end tests: the quick loop while you work"
 	@echo "make lab     open JupyterLab on notebooks/"
 	@echo "make bench   run the benchmarks (tables printed, JSON saved in benchmarks/results/)"
 	@echo "make figures redraw the README's images in figures/ from the course's own code"
@@ -38,7 +38,7 @@ test: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/ruff check .
-	$(PYTEST) tests
+	$(PYTEST) -m "not e2e" tests
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -45,6 +45,7 @@ def test_make_test_runs_every_notebook_and_make_check_none() -> None:
     test, check = make_dry_run("test"), make_dry_run("check")
     assert "--nbmake" in test and " notebooks tests" in test and "scripts/test_widgets_77.sh" in test and "--durations" in test
     assert "nbmake" not in check and "ruff check" in check and "pytest" in check
+    assert '-m "not e2e"' in check and "e2e" not in test  # the end-to-end tests run in make test only
 
 
 def test_the_quick_setting_cuts_every_recipe_to_a_couple_of_epochs_and_says_so(tmp_path, monkeypatch, capsys) -> None:

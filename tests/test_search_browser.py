@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # make test runs it; make check leaves it out (pyproject.toml)
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "07_search_widget.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
