@@ -36,9 +36,11 @@ test: $(STAMP)
 	scripts/test_widgets_77.sh
 	$(PYTEST) --nbmake --nbmake-timeout=900 notebooks tests
 
+# make check: three workers on two cores (measured: 183 s against 197 s with two), because most of its slow tests
+# wait on other processes (Ray, subprocesses) rather than compute.
 check: $(STAMP)
 	$(BIN)/ruff check .
-	$(PYTEST) -m "not e2e" tests
+	$(subst -n 2,-n 3,$(PYTEST)) -m "not e2e" tests
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
