@@ -4,9 +4,9 @@ Usage: python benchmarks/bench_options.py [--quick] [--epochs 2] [--data-root DI
 Trains the baseline recipe and each idea of course_lib.beyond.IDEAS (one option on) for a few epochs on the
 synthetic profile (--quick: the quick setting's 32/16/48 clips) in a temporary data root, or in --data-root
 (runs there are reused), with seed 0. Prints and saves, per idea: the mean seconds of a training epoch
-(epochs 1..N, validation included, as history.csv records them) and its ratio to the baseline's, plus the
-set-up an option needs once (the teacher's clip embeddings, the paraphrases' vectors) as the first epoch's
-extra time. Saves benchmarks/results/options.json (.quick.json with --quick).
+(epochs 1..N, validation included, as history.csv records them) and its ratio to the baseline's, and the
+run's wall time, which also holds the set-up an option needs once (loading the text model, the teacher's clip
+embeddings, the paraphrases' vectors). Saves benchmarks/results/options.json (.quick.json with --quick).
 """
 
 from __future__ import annotations

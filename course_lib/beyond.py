@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from course_lib import train
-from course_lib.config import QUICK_TRIAL_EPOCHS, Config
+from course_lib.config import QUICK_TRIAL_EPOCHS, Config, ConfigError, resolve_device
 from course_lib.data import load_split
 from course_lib.metrics import Retrieval, jackknife_interval
 from course_lib.model import ensemble_text_to_audio, evaluate_text_to_audio, load_trained_model
@@ -43,8 +43,11 @@ IDEAS: dict[str, dict[str, Any]] = {
     "self-distillation": {"distill": {"teacher": "baseline", "weight": 0.5, "temperature": 0.07}},
 }
 ENSEMBLE = "ensemble of the baselines"
-# What the sources report on Clotho v2.1 (../shared/reference/beyond-baseline.md), for the notebook's table.
+# What the sources report on Clotho v2.1, for the notebook's table: the DCASE 2023 baseline's results, the
+# OptimusPrimus/salsa README (DCASE 2024 winner), the CPJKU/dcase2025_task6_baseline README, CP-JKU's 2023
+# technical report, a DCASE 2025 technical report, and XinhaoMei/audio-text_retrieval issue 2 (the reproduction).
 PUBLISHED = {
+    "baseline": "the 2023 baseline: mAP@10 0.222, R@1 0.130",
     "learned temperature": "CP-JKU 2023 learns it (from 0.02); no gain reported on its own",
     "fine-tuned text encoder": "R@1 7.7 frozen -> 14.7 fine-tuned (one reproduction; both encoders)",
     "SpecAugment": "used by the later systems; no gain reported on its own",
@@ -60,6 +63,8 @@ class Comparison:
 
     runs: pd.DataFrame  # idea, seed, mAP@10, R@1, R@5, R@10, train_s, run_dir
     per_query: dict[tuple[str, str], dict[str, np.ndarray]] = field(repr=False)  # (idea, seed) -> metric -> values
+    epochs: int = 0  # what each run trained (the quick setting cuts it)
+    seeds: tuple[int, ...] = ()
 
 
 def run_dir_of(cfg: Config, idea: str, seed: int, epochs: int) -> Path:
@@ -84,6 +89,8 @@ def compare(
     """
     ideas = IDEAS if ideas is None else ideas
     epochs = min(epochs, QUICK_TRIAL_EPOCHS) if cfg.quick else epochs
+    _check_ideas(cfg, ideas)  # every idea is a recipe this profile can train, before any run starts
+    device = resolve_device(cfg.settings.get("device", "auto"))
     evaluation = load_split(cfg, "evaluation")
     rows, per_query, baselines = [], {}, []
     for seed in seeds:
@@ -92,16 +99,17 @@ def compare(
                 teacher = run_idea(cfg, "baseline", ideas.get("baseline", {}), seed, epochs)
                 changes = {**changes, "distill": {**changes["distill"], "teacher": str(teacher)}}
             best = run_idea(cfg, idea, changes, seed, epochs)
-            model = load_trained_model(best)
+            model = load_trained_model(best, device=device)
             if idea == "baseline":
                 baselines.append(model)
-            _add(rows, per_query, idea, str(seed), evaluate_text_to_audio(model, evaluation), best.parent)
+            _add(rows, per_query, idea, str(seed), evaluate_text_to_audio(model, evaluation, device), best.parent)
             if progress:
                 progress(f"{idea:<26} seed {seed}  mAP@10 {rows[-1]['mAP@10']:.3f}  R@1 {rows[-1]['R@1']:.3f}  "
                          f"trained in {rows[-1]['train_s']:.0f} s")
     if len(baselines) > 1:
-        _add(rows, per_query, ENSEMBLE, "+".join(map(str, seeds)), ensemble_text_to_audio(baselines, evaluation), None)
-    return Comparison(pd.DataFrame(rows), per_query)
+        _add(rows, per_query, ENSEMBLE, "+".join(map(str, seeds)), ensemble_text_to_audio(baselines, evaluation, device),
+             None)
+    return Comparison(pd.DataFrame(rows), per_query, epochs, tuple(seeds))
 
 
 def gains(comparison: Comparison, metrics: tuple[str, ...] = ("mAP@10", "R@1")) -> pd.DataFrame:
@@ -110,6 +118,8 @@ def gains(comparison: Comparison, metrics: tuple[str, ...] = ("mAP@10", "R@1")) 
     Taught in notebook 09, section 7. The change is paired: per caption, the idea's value (averaged over seeds) minus the
     baseline's, so the interval reflects which captions moved, not how hard the evaluation split is.
     """
+    if not any(idea == "baseline" for idea, _ in comparison.per_query):
+        raise ValueError("The comparison has no 'baseline' runs to measure changes against; include IDEAS['baseline'].")
     reference = _mean_per_query(comparison, "baseline")
     table = {}
     for idea in comparison.runs["idea"].unique():
@@ -119,12 +129,22 @@ def gains(comparison: Comparison, metrics: tuple[str, ...] = ("mAP@10", "R@1")) 
             if idea != "baseline":
                 estimate, low, high = jackknife_interval(values[metric] - reference[metric])
                 row[f"change in {metric}"], row[f"{metric} 95% interval"] = estimate, f"[{low:+.3f}, {high:+.3f}]"
-        row["on Clotho (published)"] = PUBLISHED.get(idea, "the 2023 baseline: mAP@10 0.222, R@1 0.130")
+        row["on Clotho (published)"] = PUBLISHED.get(idea, "")
         table[idea] = row
     return pd.DataFrame.from_dict(table, orient="index")
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _check_ideas(cfg: Config, ideas: dict[str, dict[str, Any]]) -> None:
+    """Refuse, naming the idea, one this profile cannot train (unknown settings, paraphrases without a grammar)."""
+    for idea, changes in ideas.items():
+        train.recipe_with(cfg, changes)
+        source = (changes.get("caption_augment") or {}).get("source")
+        if source == "paraphrases" and "synth" not in cfg.settings:
+            raise ConfigError(f"Idea {idea!r}: paraphrases come from the synthetic generator's grammar; profile "
+                              f"{cfg.profile!r} has none. Give caption_augment.source a CSV of extra captions, or drop it.")
 
 
 def _add(rows: list, per_query: dict, idea: str, seed: str, retrieval: Retrieval, run_dir: Path | None) -> None:

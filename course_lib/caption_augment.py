@@ -28,7 +28,7 @@ from course_lib.synth_captions import paraphrase
 from course_lib.text import ensure_embeddings
 from course_lib.text_cache import cache_file_name, read_cache
 
-__all__ = ["PARAPHRASES", "CaptionSourceError", "extra_captions", "extra_caption_vectors", "extra_vectors_path"]
+__all__ = ["SPLIT", "PARAPHRASES", "CaptionSourceError", "extra_captions", "extra_caption_vectors", "extra_vectors_path"]
 
 PARAPHRASES = "paraphrases"
 SPLIT = "development"  # captions are augmented for training only

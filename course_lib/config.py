@@ -153,9 +153,17 @@ def load_config(
     training = loaded.get("training") or {}
     if quick:
         training = {name: {**recipe, "max_epochs": min(recipe["max_epochs"], QUICK_EPOCHS)} for name, recipe in training.items()}
-        if "synth" in settings:
-            settings = {**settings, "synth": {**settings["synth"], "clips": QUICK_CLIPS}}
+        if "synth" in settings:  # at most QUICK_CLIPS a split: a smaller custom set stays as it is
+            settings = {**settings, "synth": {**settings["synth"], "clips": _quick_clips(settings["synth"].get("clips"))}}
     return Config(profile, root, loaded["baseline"], settings, training, quick)
+
+
+def _quick_clips(clips: int | dict[str, int] | None) -> dict[str, int]:
+    """Each split's clip count in the quick setting: the profile's, at most QUICK_CLIPS'."""
+    if clips is None:
+        return dict(QUICK_CLIPS)
+    return {split: min(QUICK_CLIPS[split], clips if isinstance(clips, int) else clips.get(split, 0))
+            for split in QUICK_CLIPS}
 
 
 def quick_from_environment() -> bool:

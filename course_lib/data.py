@@ -113,7 +113,7 @@ class CaptionDataset(Dataset):
         extras = self.extra_vectors.get(fid)
         if extras is None or not len(extras) or self.extra_probability <= 0:
             return self.text_inputs[i]
-        generator = draws(*self.draw_key, i) if self.draw_key is not None else None
+        generator = draws(*self.draw_key, i, 1) if self.draw_key is not None else None  # not ClipDataset's (.., k)
         if torch.rand((), generator=generator).item() >= self.extra_probability:
             return self.text_inputs[i]
         return extras[int(torch.randint(len(extras), (), generator=generator).item())]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from course_lib.config import Config
 from course_lib.data import SplitData
 from course_lib.loss import distillation_targets
 from course_lib.model import DualEncoder, embed_clips, load_trained_model
@@ -41,9 +42,12 @@ class Teacher:
 
 
 def load_teacher(checkpoint: str | Path, train_split: SplitData, weight: float, temperature: float,
-                 device: str = "cpu") -> Teacher:
-    """The teacher from a trained model's checkpoint (read as every course checkpoint is), its clips embedded once."""
-    model = load_trained_model(Path(checkpoint), device=device)
+                 device: str = "cpu", cfg: Config | None = None) -> Teacher:
+    """The teacher from a trained model's checkpoint (read as every course checkpoint is), its clips embedded once.
+
+    With ``cfg``, a teacher made for another setup of the profile (width, text model) is refused before training.
+    """
+    model = load_trained_model(Path(checkpoint), device=device, cfg=cfg)
     if getattr(model, "caption_encoder", None) is not None:
         raise ValueError(f"The teacher {checkpoint} fine-tunes its text encoder; distil from a model that reads cached "
                          "caption vectors (the baseline recipe's).")

@@ -73,6 +73,7 @@ class Temperature(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(value)), requires_grad=learnable)
 
     def forward(self) -> torch.Tensor:
+        """tau = exp(log tau), at least MIN_TEMPERATURE."""
         return self.log_tau.exp().clamp(min=MIN_TEMPERATURE)
 
 

@@ -19,8 +19,8 @@ the frozen parameters requires a gradient, so autograd records nothing below the
 the frozen part costs no activation memory, as if it ran under ``torch.no_grad``.
 
 A CaptionEncoder's ``state_dict`` holds only the trained layers (a few MB instead of the whole model). The
-frozen weights are the text model's own: a fresh CaptionEncoder built from the same text model (same
-files, as a checkpoint's fingerprint checks) loads it back into the same encoder.
+frozen weights are the text model's own: a fresh CaptionEncoder built from the same text model loads it
+back into the same encoder. A run's identity names the text model, not its files: keep its folder unchanged.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class CaptionEncoder(nn.Module):
         self.train(self.training)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 2, L) tokens -> (B, d) unit sentence vectors."""
         used = tokens[:, 1].bool().any(dim=0)  # drop the padding columns no caption of this batch needs
         features = self.text_model({"input_ids": tokens[:, 0, used], "attention_mask": tokens[:, 1, used]})
         vectors = features["sentence_embedding"]

@@ -52,6 +52,7 @@ from course_lib._text_models import load_text_model
 from course_lib.augment import SPEC_AUGMENT_OFF, spec_augment_on
 from course_lib.caption_augment import extra_caption_vectors
 from course_lib.checkpoints import (
+    load_checkpoint,
     read_history,
     read_run,
     rng_states,
@@ -176,7 +177,8 @@ def fit(
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             step.scaler.load_state_dict(checkpoint["scaler"])
-            temperature.load_state_dict(checkpoint["temperature"])
+            if "temperature" in checkpoint:  # runs saved before the option existed had the fixed 0.07
+                temperature.load_state_dict(checkpoint["temperature"])
             set_rng_states(checkpoint["rng"], loader_rng)
             history, best_score = checkpoint["history"], checkpoint["best_score"]
             start_epoch = checkpoint["epoch"] + 1
@@ -347,7 +349,7 @@ def train(
     settings["max_epochs"] = int(max_epochs) if max_epochs is not None else epoch_budget(cfg, settings)
     _check_options(name, settings)
     train_split, val_split = load_split(cfg, "development"), load_split(cfg, "validation")
-    identity = _profile_identity(cfg, name, settings, seed, train_split)
+    identity = _profile_identity(cfg, name, _with_teacher_fingerprint(cfg, settings), seed, train_split)
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg, name)
     torch.manual_seed(seed)  # the random initialisation depends on the seed only
     if (run_dir / "last.pt").is_file():
@@ -459,10 +461,8 @@ def _option_extras(cfg: Config, recipe: dict[str, Any], train_split: SplitData, 
     extras: dict[str, Any] = {}
     if "distill" in options_on(recipe):
         distill = {**OPTIONS["distill"], **recipe["distill"]}
-        teacher = Path(distill["teacher"])
-        if not teacher.suffix:  # a recipe's name: that recipe's run of this profile
-            teacher = run_dir_for(cfg, str(distill["teacher"])) / "best.pt"
-        extras["teacher"] = load_teacher(teacher, train_split, distill["weight"], distill["temperature"], device)
+        extras["teacher"] = load_teacher(_teacher_path(cfg, distill["teacher"]), train_split, distill["weight"],
+                                         distill["temperature"], device, cfg)
     if "caption_augment" in options_on(recipe):
         augment = {**OPTIONS["caption_augment"], **recipe["caption_augment"]}
         extras["extra_vectors"] = extra_caption_vectors(cfg, augment["source"], augment["per_caption"])
@@ -476,6 +476,25 @@ def _caption_encoder(cfg: Config, recipe: dict[str, Any]) -> torch.nn.Module | N
     return CaptionEncoder(load_text_model(cfg.settings["text_model"]), layers)
 
 
+def _teacher_path(cfg: Config, teacher: str) -> Path:
+    """A teacher's best.pt: a path to a .pt file or a folder holding best.pt, else a recipe's run of this profile."""
+    path = Path(str(teacher)).expanduser()
+    if path.suffix == ".pt" or path.is_dir() or "/" in str(teacher):
+        return path / "best.pt" if path.is_dir() else path
+    return run_dir_for(cfg, str(teacher)) / "best.pt"
+
+
+def _with_teacher_fingerprint(cfg: Config, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as its run's identity sees it: a teacher by its checkpoint's fingerprint, not by where it lies."""
+    if "distill" not in options_on(recipe):
+        return recipe
+    path = _teacher_path(cfg, recipe["distill"]["teacher"])
+    if not path.is_file():
+        raise ConfigError(f"The distillation teacher {path} does not exist. Train it first (its recipe's run, or the "
+                          "run folder you named), or set distill.teacher to a trained model's best.pt.")
+    return {**recipe, "distill": {**recipe["distill"], "teacher": f"fingerprint {load_checkpoint(path)['fingerprint']}"}}
+
+
 def _tokens(model: DualEncoder, split: SplitData) -> torch.Tensor | None:
     """A split's caption tokens for a fine-tuned text encoder (tokenised once a run), else None (cached vectors)."""
     return None if model.caption_encoder is None else caption_inputs(model, split)
@@ -486,8 +505,8 @@ def _parameter_groups(model: DualEncoder, temperature: Temperature, recipe: dict
     text = model.caption_encoder
     groups = [{"params": [p for name, p in model.named_parameters()
                           if p.requires_grad and not name.startswith("caption_encoder.")]}]
-    if temperature.log_tau.requires_grad:
-        groups.append({"params": [temperature.log_tau]})
+    if temperature.log_tau.requires_grad:  # no weight decay: it would pull tau towards 1
+        groups.append({"params": [temperature.log_tau], "weight_decay": 0.0})
     if text is not None:
         groups.append({"params": trainable_parameters(text), "lr": {**OPTIONS["text_finetune"], **recipe["text_finetune"]}["lr"]})
     return groups

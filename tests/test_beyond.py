@@ -199,3 +199,49 @@ def test_the_comparison_ideas_are_recipes_the_course_accepts(tmp_path) -> None:
     for idea, changes in beyond.IDEAS.items():
         _, changed = recipe_with(cfg, changes, name="x")
         assert set(options_on(changed.training["x"])) == set(changes), idea
+
+
+# --- runs and teachers as the run identity sees them ---------------------------------------------------------
+
+
+def test_a_run_saved_before_the_temperature_option_existed_still_resumes(tmp_path) -> None:
+    from course_lib.checkpoints import load_checkpoint, save_checkpoint
+
+    model, train_split, val_split, recipe, identity = tiny_run(tmp_path)
+    fit(model, train_split, val_split, {**recipe, "max_epochs": 1}, tmp_path / "run", identity, verbose=False)
+    old = {key: value for key, value in load_checkpoint(tmp_path / "run" / "last.pt").items()
+           if key not in ("temperature", "format", "fingerprint")}
+    save_checkpoint(old, tmp_path / "run" / "last.pt")  # as the course wrote it before: no "temperature"
+    model, *_ = tiny_run(tmp_path)
+    fit(model, train_split, val_split, {**recipe, "max_epochs": 2}, tmp_path / "run", identity, verbose=False)
+    assert read_history(tmp_path / "run")["epoch"].tolist() == [0, 1, 2]
+
+
+def test_a_teacher_counts_by_its_checkpoint_not_by_where_it_lies(tmp_path) -> None:
+    from course_lib.checkpoints import save_checkpoint
+
+    cfg = load_config(data_root=tmp_path, quick=False)
+    first = save_checkpoint({"model": {"w": torch.ones(2)}, "identity": {"recipe": "t"}}, tmp_path / "a" / "best.pt")
+    (tmp_path / "b").mkdir()
+    copy = tmp_path / "b" / "best.pt"
+    copy.write_bytes(first.read_bytes())
+    other = save_checkpoint({"model": {"w": torch.zeros(2)}, "identity": {"recipe": "t"}}, tmp_path / "c" / "best.pt")
+    seen = [train._with_teacher_fingerprint(cfg, {"distill": {"teacher": str(path)}})["distill"]["teacher"]
+            for path in (first, copy, other, tmp_path / "a")]
+    assert seen[0] == seen[1] == seen[3] != seen[2] and seen[0].startswith("fingerprint ")
+    with pytest.raises(ConfigError, match="does not exist"):
+        train._with_teacher_fingerprint(cfg, {"distill": {"teacher": str(tmp_path / "missing.pt")}})
+    assert train._teacher_path(cfg, "baseline") == cfg.models_dir / "dual_encoder" / "baseline" / "best.pt"
+
+
+def test_the_learned_temperature_gets_no_weight_decay(tmp_path) -> None:
+    model, *_ = tiny_run(tmp_path)
+    groups = train._parameter_groups(model, Temperature(0.07, learnable=True), {"weight_decay": 0.1})
+    assert [group.get("weight_decay") for group in groups] == [None, 0.0]
+
+
+def test_the_comparison_refuses_an_idea_the_profile_cannot_train_before_any_run(tmp_path) -> None:
+    cfg = load_config("clotho", data_root=tmp_path, quick=False)
+    with pytest.raises(ConfigError, match="Idea 'caption paraphrases'.*grammar"):
+        beyond.compare(cfg, ideas={"caption paraphrases": beyond.IDEAS["caption paraphrases"]})
+    assert not cfg.models_dir.exists()

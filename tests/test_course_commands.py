@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from course_lib import pipeline
-from course_lib.config import QUICK_CLIPS, QUICK_EPOCHS, ConfigError, load_config, quick_summary
+from course_lib.config import QUICK_CLIPS, QUICK_EPOCHS, ConfigError, _quick_clips, load_config, quick_summary
 from course_lib.train import recipe_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +79,8 @@ def test_the_quick_setting_generates_a_smaller_synthetic_set_beside_the_full_one
     pipeline.prepare(quick, until="dataset", verbose=False)
     assert len(list(quick.dataset_dir.rglob("*.wav"))) == 4
     assert [path.name for path in full.dataset_dir.rglob("*.wav")] == ["mine.wav"]  # the full set is left alone
+    assert _quick_clips(8) == {"development": 8, "validation": 8, "evaluation": 8}  # smaller sets stay as they are
+    assert _quick_clips({"development": 100, "evaluation": 3}) == {"development": 32, "validation": 0, "evaluation": 3}
     clotho = load_config("clotho", data_root=tmp_path, quick=True)
     assert clotho.profile_dir == tmp_path / "clotho"  # real data is the same data in the quick setting
 
