@@ -7,7 +7,7 @@ and COURSE_QUICK=1 (course_lib.config): the same code path with a couple of epoc
 searches. Whether the model learns is tested once, in tests/test_learning.py; `make course` runs
 the full settings.
 
-Under pytest-xdist (`make test`, `make check`: two workers on two cores) each worker, and every kernel or
+Under pytest-xdist (`make test`: two workers on two cores, `make check`: three) each worker, and every kernel or
 process it starts, gets its share of the cores for its math libraries (OMP_NUM_THREADS and kin): left at
 the default, each of torch's thread pools spins on every core, and two notebooks side by side took three
 times as long as one alone instead of twice (measured: benchmarks/README.md, "The test suite").
