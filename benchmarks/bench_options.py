@@ -33,14 +33,11 @@ def main() -> None:
         cfg = load_config("synthetic", data_root=args.data_root or temporary, quick=args.quick)
         prepare(cfg, until="embeddings", verbose=False)
         info = machine_info("cpu")
-        rows, baseline_best = [], None
+        rows = []
         for idea, changes in beyond.IDEAS.items():
-            if "distill" in changes:
-                changes = {**changes, "distill": {**changes["distill"], "teacher": str(baseline_best)}}
             started = time.perf_counter()
             best = beyond.run_idea(cfg, idea, changes, seed=0, epochs=args.epochs)
             wall = time.perf_counter() - started
-            baseline_best = best if idea == "baseline" else baseline_best
             history = train.read_history(best.parent)
             rows.append({"idea": idea, "epoch_s": float(history["epoch_s"].iloc[1:].mean()),
                          "first_epoch_s": float(history["epoch_s"].iloc[1]), "run_wall_s": wall})

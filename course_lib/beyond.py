@@ -73,7 +73,13 @@ def run_dir_of(cfg: Config, idea: str, seed: int, epochs: int) -> Path:
 
 
 def run_idea(cfg: Config, idea: str, changes: dict[str, Any], seed: int, epochs: int, verbose: bool = False) -> Path:
-    """Train the baseline recipe with ``changes`` for ``epochs`` epochs (or reuse the finished run); its best.pt."""
+    """Train the baseline recipe with ``changes`` for ``epochs`` epochs (or reuse the finished run); its best.pt.
+
+    A distillation teacher named "baseline" is this experiment's baseline run of the same seed (trained when missing).
+    """
+    if (changes.get("distill") or {}).get("teacher") == "baseline":
+        teacher = run_idea(cfg, "baseline", {}, seed, epochs)
+        changes = {**changes, "distill": {**changes["distill"], "teacher": str(teacher)}}
     name, idea_cfg = train.recipe_with(cfg, changes, name=idea.replace(" ", "-"))
     return train.train(idea_cfg, name, seed=seed, run_dir=run_dir_of(cfg, idea, seed, epochs), max_epochs=epochs,
                        verbose=verbose)
@@ -95,9 +101,6 @@ def compare(
     rows, per_query, baselines = [], {}, []
     for seed in seeds:
         for idea, changes in ideas.items():
-            if "distill" in changes:  # this seed's baseline run teaches
-                teacher = run_idea(cfg, "baseline", ideas.get("baseline", {}), seed, epochs)
-                changes = {**changes, "distill": {**changes["distill"], "teacher": str(teacher)}}
             best = run_idea(cfg, idea, changes, seed, epochs)
             model = load_trained_model(best, device=device)
             if idea == "baseline":

@@ -148,7 +148,7 @@ def fit(
     model.to(device)
     # The data: captions (or clips) in a new random order every epoch; whole clips padded, or random crops.
     collate = Collate(recipe.get("crop_frames"), model.pad_value, recipe.get("spec_augment"))
-    train_set = make_dataset(train_split, recipe["sampling"], text_inputs=_tokens(model, train_split))
+    train_set = make_dataset(train_split, recipe["sampling"], text_inputs=caption_inputs(model, train_split))
     train_set.extra_vectors = extras.get("extra_vectors") or {}  # caption augmentation (notebook 09)
     train_set.extra_probability = (recipe.get("caption_augment") or {}).get("probability", 0.0)
     loader_rng = torch.Generator().manual_seed(seed)
@@ -272,11 +272,12 @@ def validate(
     """Validation loss (mean InfoNCE of the caption batches) and text-to-audio mAP@10, from clips embedded as evaluation does.
 
     Each clip is embedded once, whole and unpadded (``embed_clips``); the mAP@10 is DCASE's on one score matrix.
-    ``text_inputs``: what the text branch reads (default: the split's cached caption vectors).
+    ``text_inputs``: what the text branch reads (default: ``caption_inputs(model, split)``; ``fit`` tokenises once).
     """
     clip_fids = list(split.clip_fids)
     audio = embed_clips(model, split.h5_path, clip_fids, device=str(step.device))
-    text = embed_captions(model, split.vectors if text_inputs is None else text_inputs, device=str(step.device))
+    text_inputs = caption_inputs(model, split) if text_inputs is None else text_inputs
+    text = embed_captions(model, text_inputs, device=str(step.device))
     if not (np.isfinite(audio).all() and np.isfinite(text).all()):
         raise TrainingError(f"The model gave NaN or infinite embeddings in the validation of epoch {epoch}: the last "
                             f"updates of the epoch broke its weights. {_stopped_advice(epoch)}")
@@ -407,7 +408,8 @@ def _profile_identity(cfg: Config, name: str, settings: dict[str, Any], seed: in
     Notebook 09's options count only when on: a baseline run is the same run with or without their keys.
     """
     encoder = cfg.settings["audio_encoder"]
-    settings = {key: value for key, value in settings.items() if key not in OPTIONS or key in options_on(settings)}
+    on = options_on(settings)
+    settings = {key: value for key, value in settings.items() if key not in OPTIONS or key in on}
     return run_identity(name, settings, seed, encoder["width"], OUT_DIM, cfg.settings["text_model"],
                         train_split.vectors.shape[1], encoder["pretrained"], train_split)
 
@@ -460,13 +462,18 @@ def _option_extras(cfg: Config, recipe: dict[str, Any], train_split: SplitData, 
     """What the switched-on options need beyond the recipe: the teacher, the extra caption vectors."""
     extras: dict[str, Any] = {}
     if "distill" in options_on(recipe):
-        distill = {**OPTIONS["distill"], **recipe["distill"]}
+        distill = _option(recipe, "distill")
         extras["teacher"] = load_teacher(_teacher_path(cfg, distill["teacher"]), train_split, distill["weight"],
                                          distill["temperature"], device, cfg)
     if "caption_augment" in options_on(recipe):
-        augment = {**OPTIONS["caption_augment"], **recipe["caption_augment"]}
+        augment = _option(recipe, "caption_augment")
         extras["extra_vectors"] = extra_caption_vectors(cfg, augment["source"], augment["per_caption"])
     return extras
+
+
+def _option(recipe: dict[str, Any], name: str) -> dict[str, Any]:
+    """An option's settings: the recipe's, with OPTIONS' values for the keys it leaves out."""
+    return {**OPTIONS[name], **(recipe.get(name) or {})}
 
 
 def _caption_encoder(cfg: Config, recipe: dict[str, Any]) -> torch.nn.Module | None:
@@ -495,11 +502,6 @@ def _with_teacher_fingerprint(cfg: Config, recipe: dict[str, Any]) -> dict[str, 
     return {**recipe, "distill": {**recipe["distill"], "teacher": f"fingerprint {load_checkpoint(path)['fingerprint']}"}}
 
 
-def _tokens(model: DualEncoder, split: SplitData) -> torch.Tensor | None:
-    """A split's caption tokens for a fine-tuned text encoder (tokenised once a run), else None (cached vectors)."""
-    return None if model.caption_encoder is None else caption_inputs(model, split)
-
-
 def _parameter_groups(model: DualEncoder, temperature: Temperature, recipe: dict[str, Any]) -> list[dict[str, Any]]:
     """Adam's parameter groups: the model at the recipe's lr, a learned temperature, a fine-tuned text encoder at its lr."""
     text = model.caption_encoder
@@ -508,7 +510,7 @@ def _parameter_groups(model: DualEncoder, temperature: Temperature, recipe: dict
     if temperature.log_tau.requires_grad:  # no weight decay: it would pull tau towards 1
         groups.append({"params": [temperature.log_tau], "weight_decay": 0.0})
     if text is not None:
-        groups.append({"params": trainable_parameters(text), "lr": {**OPTIONS["text_finetune"], **recipe["text_finetune"]}["lr"]})
+        groups.append({"params": trainable_parameters(text), "lr": _option(recipe, "text_finetune")["lr"]})
     return groups
 
 
