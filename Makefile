@@ -8,9 +8,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: course test check lab bench lint help figures
 # pytest on both cores, a test file a worker (a file's tests share its fixtures: one Ray instance, one browser),
-# the notebooks first (the longest items) so that the unit tests fill the gaps;
+# handed out in collection order (--no-loadscope-reorder; xdist's default is most tests first), which puts the
+# notebooks and the files marked long first (conftest.py) so that the short files fill the gaps;
 # the slowest items are listed at the end so the next slow test is seen when it arrives.
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 help:
 	@echo "make course  run every notebook on the synthetic profile (executed copies in build/course/)"

@@ -11,6 +11,14 @@ Under pytest-xdist (`make test`: two workers on two cores, `make check`: three) 
 process it starts, gets its share of the cores for its math libraries (OMP_NUM_THREADS and kin): left at
 the default, each of torch's thread pools spins on every core, and two notebooks side by side took three
 times as long as one alone instead of twice (measured: benchmarks/README.md, "The test suite").
+Ray's workers, which run the Tune trials, keep the normal priority (RAY_worker_niceness=0): by default Ray
+starts them at nice 15 so that the driver stays responsive, and beside the other test workers' busy processes
+they then got a few per cent of a core; test_tune.py took 428 s instead of 113 s beside two busy processes.
+
+Notebooks come first, then the test files marked ``long(seconds)``, the longest first: pytest-xdist hands
+files out in collection order (with --no-loadscope-reorder), so the long ones start at once on their own
+workers and the short files fill the gaps, instead of a long file arriving last and running alone while the
+other workers sit idle.
 """
 
 from __future__ import annotations
@@ -30,8 +38,22 @@ def pytest_configure(config: pytest.Config) -> None:
         share = str(max(1, (os.cpu_count() or 1) // workers))
         for name in THREAD_VARIABLES:
             os.environ.setdefault(name, share)
+        os.environ.setdefault("RAY_worker_niceness", "0")  # read by the Ray instances the tests and notebooks start
         if "torch" in sys.modules:  # imported before this hook: tell its pool directly
             sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_start_order)  # stable: a file's tests stay together and in order
+
+
+def _start_order(item: pytest.Item) -> tuple[int, float]:
+    """Notebooks first, then the files marked long, the longest first (``pytest.mark.long(seconds)``), then the rest."""
+    if item.path.suffix == ".ipynb":
+        return 0, 0.0
+    marks = getattr(item.module, "pytestmark", [])  # the module's marks: one, or a list
+    seconds = [mark.args[0] for mark in (marks if isinstance(marks, list) else [marks]) if mark.name == "long"]
+    return (1, -seconds[0]) if seconds else (2, 0.0)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -30,21 +30,29 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def learned_profile(root: Path) -> Config:
-    """The learning profile under root, prepared and trained (or reused when already trained)."""
-    cfg = tiny_profile(root, clips=LEARNING_CLIPS, seconds=(2.0, 3.0), seed=0,
-                       recipes={"learning": {**_baseline_recipe(), **LEARNING_RECIPE}}, default="learning")
-    prepare(cfg, until="model", verbose=False)
+def learning_profile(root: Path) -> Config:
+    """The learning profile under root (its data not built yet)."""
+    return tiny_profile(root, clips=LEARNING_CLIPS, seconds=(2.0, 3.0), seed=0,
+                        recipes={"learning": {**_baseline_recipe(), **LEARNING_RECIPE}}, default="learning")
+
+
+@pytest.fixture(scope="session")
+def learning_data(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The learning profile (48/16/24 clips of 2-3 s) prepared up to its caption embeddings, shared by the run."""
+    root = shared_folder(tmp_path_factory) / "trained-tiny"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root / ".data.lock")):
+        cfg = learning_profile(root)
+        prepare(cfg, until="embeddings", verbose=False)
     return cfg
 
 
 @pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    """A tiny synthetic profile (48/16/24 clips of 2-3 s) with its model trained, shared by the run."""
-    root = shared_folder(tmp_path_factory) / "trained-tiny"
-    root.mkdir(exist_ok=True)
-    with FileLock(str(root / ".lock")):
-        return learned_profile(root)
+def trained_tiny(learning_data: Config) -> Config:
+    """The learning profile with its model trained (6 epochs of the baseline recipe at batch 16), shared by the run."""
+    with FileLock(str(learning_data.data_root / ".model.lock")):
+        prepare(learning_data, until="model", verbose=False)
+    return learning_data
 
 
 def _baseline_recipe() -> dict:

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import rehearsal  # noqa: E402 (benchmarks/ is not a package)
 
-pytestmark = pytest.mark.e2e  # make test runs it; make check leaves it out (pyproject.toml)
+pytestmark = [pytest.mark.e2e, pytest.mark.long(30)]  # make test runs it, first; make check leaves it out (pyproject.toml)
 
 SMALLEST = {"development": 2, "validation": 2, "evaluation": 2}
 

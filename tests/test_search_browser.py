@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e  # make test runs it; make check leaves it out (pyproject.toml)
+pytestmark = [pytest.mark.e2e, pytest.mark.long(40)]  # make test runs it, first; make check leaves it out (pyproject.toml)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "07_search_widget.ipynb"

@@ -42,6 +42,7 @@ from course_lib.train import (
     validate,
 )
 
+pytestmark = pytest.mark.long(55)  # collected first, so that a test worker starts it at once (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = textwrap.dedent(
     """
@@ -73,15 +74,22 @@ RUNNER = textwrap.dedent(
 )
 
 
-def run_training(tmp_path: Path, run_dir: Path, kill: str = "none") -> int:
+def run_trainings(tmp_path: Path, kills: dict[str, str]) -> dict[str, int]:
+    """Trains into each run folder named, side by side, a process each on its own copy of the tiny data, killed as
+    said ("none": not killed); their exit codes."""
     script = tmp_path / "runner.py"
     script.write_text(RUNNER.format(tests=str(REPO / "tests")), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "data"), str(run_dir), kill], env=env,
-                          capture_output=True, text=True, timeout=300)
-    if done.returncode not in (0, -signal.SIGKILL):
-        raise AssertionError(done.stderr[-3000:])
-    return done.returncode
+    running = {}
+    for name, kill in kills.items():
+        with open(tmp_path / f"{name}.log", "w", encoding="utf-8") as log:
+            running[name] = subprocess.Popen([sys.executable, str(script), str(tmp_path / f"{name}-data"), str(tmp_path / name),
+                                              kill], env=env, stdout=log, stderr=subprocess.STDOUT)
+    codes = {name: process.wait(timeout=300) for name, process in running.items()}
+    for name, code in codes.items():
+        if code not in (0, -signal.SIGKILL):
+            raise AssertionError((tmp_path / f"{name}.log").read_text(encoding="utf-8")[-3000:])
+    return codes
 
 
 def checkpoint(path: Path) -> dict:
@@ -96,13 +104,13 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 def test_resume_after_a_kill_between_and_within_epochs_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
     """12 clips, clip sampling, batch 4: 3 updates an epoch, 4 epochs. Kill after epoch 2, and at update 8 (epoch 3)."""
-    assert run_training(tmp_path, tmp_path / "whole") == 0
-    assert run_training(tmp_path, tmp_path / "between", "after-epoch-2") == -signal.SIGKILL
-    assert run_training(tmp_path, tmp_path / "within", "at-step-8") == -signal.SIGKILL
+    killed = -signal.SIGKILL
+    assert run_trainings(tmp_path, {"whole": "none", "between": "after-epoch-2", "within": "at-step-8"}) == {
+        "whole": 0, "between": killed, "within": killed}
     for name in ("between", "within"):
         interrupted = checkpoint(tmp_path / name / "last.pt")
         assert interrupted["epoch"] == 2 and not interrupted["finished"]
-        assert run_training(tmp_path, tmp_path / name) == 0
+    assert run_trainings(tmp_path, {"between": "none", "within": "none"}) == {"between": 0, "within": 0}
     whole = checkpoint(tmp_path / "whole" / "last.pt")
     assert whole["epoch"] == 4 and whole["finished"]
     for name in ("between", "within"):

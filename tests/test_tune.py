@@ -24,6 +24,7 @@ from course_lib import tune as course_tune
 from course_lib.config import load_config
 from course_lib.train import recipe_settings
 
+pytestmark = pytest.mark.long(75)  # collected first, so that a test worker starts it at once (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[tune]"')
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e  # make test runs it; make check leaves it out (pyproject.toml)
+pytestmark = [pytest.mark.e2e, pytest.mark.long(80)]  # make test runs it, first; make check leaves it out (pyproject.toml)
 
 REPO = Path(__file__).resolve().parents[1]
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[tune]"')

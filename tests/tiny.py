@@ -12,12 +12,13 @@ import torch
 import yaml
 
 from course_lib.checkpoints import run_identity
-from course_lib.cnn14 import CNN14Encoder
+from course_lib.cnn14 import CNN14Encoder, encoder_from_config
 from course_lib.config import BASELINE_YAML, Config, load_config
-from course_lib.data import SplitData
-from course_lib.model import DualEncoder
+from course_lib.data import SplitData, load_split
+from course_lib.model import DualEncoder, evaluate_text_to_audio, load_trained_model
 from course_lib.pipeline import prepare
 from course_lib.text_cache import EmbeddingCache, caption_embeddings_path, write_cache
+from course_lib.train import read_history
 
 
 def write_tiny_split(
@@ -114,3 +115,22 @@ def tiny_profile(root: Path, clips: int | dict[str, int] | None = None, seconds:
     synth = {"seed": seed, "clips": clips, "min_seconds": seconds[0], "max_seconds": seconds[1]}
     yaml_path = write_course_yaml(root / "tiny.yaml", recipes or {}, default, synth)
     return load_config("synthetic", data_root=root / "root", yaml_path=yaml_path, splits=splits, quick=False)
+
+
+def untrained_map10(cfg: Config) -> float:
+    """Evaluation mAP@10 of the model a run of this profile starts from (train.train seeds 0 before building it)."""
+    torch.manual_seed(0)
+    evaluation = load_split(cfg, "evaluation")
+    model = DualEncoder(encoder_from_config(cfg), text_dim=evaluation.vectors.shape[1]).eval()
+    return evaluate_text_to_audio(model, evaluation).means["mAP@10"]
+
+
+def assert_it_learned(best: Path, cfg: Config) -> pd.DataFrame:
+    """Asserts that the run of best.pt learned, and returns its history: its validation loss fell more than 0.2 below
+    the untrained model's (epoch 0), and its evaluation mAP@10 beats the untrained model's by more than 0.1."""
+    history = read_history(best.parent)
+    assert history["val_loss"].iloc[1:].min() < history["val_loss"].iloc[0] - 0.2, history[["epoch", "val_loss"]]
+    before = untrained_map10(cfg)
+    after = evaluate_text_to_audio(load_trained_model(best), load_split(cfg, "evaluation")).means["mAP@10"]
+    assert after > before + 0.1, (best, before, after)
+    return history
