@@ -52,8 +52,10 @@ def _start_order(item: pytest.Item) -> tuple[int, float]:
     if item.path.suffix == ".ipynb":
         return 0, 0.0
     marks = getattr(item.module, "pytestmark", [])  # the module's marks: one, or a list
-    seconds = [mark.args[0] for mark in (marks if isinstance(marks, list) else [marks]) if mark.name == "long"]
-    return (1, -seconds[0]) if seconds else (2, 0.0)
+    long = [mark for mark in (marks if isinstance(marks, list) else [marks]) if mark.name == "long"]
+    if long and not (len(long[0].args) == 1 and isinstance(long[0].args[0], int | float)):
+        raise pytest.UsageError(f"{item.path}: mark a long file pytest.mark.long(seconds), its tests' seconds together, alone")
+    return (1, -long[0].args[0]) if long else (2, 0.0)
 
 
 @pytest.hookimpl(tryfirst=True)

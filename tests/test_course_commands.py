@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,27 @@ def test_make_test_runs_every_notebook_and_make_check_none() -> None:
     assert "--nbmake" in test and " notebooks tests" in test and "scripts/test_widgets_77.sh" in test and "--durations" in test
     assert "nbmake" not in check and "ruff check" in check and "pytest" in check
     assert '-m "not e2e"' in check and "e2e" not in test  # the end-to-end tests run in make test only
+
+
+def test_the_suite_starts_with_the_notebooks_then_the_long_files_longest_first_and_xdist_keeps_that_order() -> None:
+    spec = importlib.util.spec_from_file_location("root_conftest", REPO / "conftest.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    def item(path: str, *marks):
+        module = types.SimpleNamespace(pytestmark=marks[0] if len(marks) == 1 else list(marks))
+        return types.SimpleNamespace(path=Path(path), module=module, name=f"{path}::{len(marks)}")
+
+    items = [item("tests/test_a.py"), item("tests/test_train.py", pytest.mark.long(55)), item("tests/test_a.py"),
+             item("notebooks/05_training.ipynb"), item("tests/test_b.py", pytest.mark.e2e),
+             item("tests/test_tune.py", pytest.mark.e2e, pytest.mark.long(75)), item("notebooks/06_evaluation.ipynb")]
+    hooks.pytest_collection_modifyitems(items)
+    assert [str(i.path) for i in items] == ["notebooks/05_training.ipynb", "notebooks/06_evaluation.ipynb", "tests/test_tune.py",
+                                            "tests/test_train.py", "tests/test_a.py", "tests/test_a.py", "tests/test_b.py"]
+    with pytest.raises(pytest.UsageError, match="test_c.py: mark a long file pytest.mark.long\\(seconds\\)"):
+        hooks.pytest_collection_modifyitems([item("tests/test_c.py", pytest.mark.long)])
+    for target in ("test", "check"):  # xdist's default would hand out the files with the most tests first instead
+        assert "--dist loadfile --no-loadscope-reorder" in make_dry_run(target)
 
 
 def test_the_quick_setting_cuts_every_recipe_to_a_couple_of_epochs_and_says_so(tmp_path, monkeypatch, capsys) -> None:
