@@ -37,11 +37,12 @@ test: $(STAMP)
 	scripts/test_widgets_77.sh
 	$(PYTEST) --nbmake --nbmake-timeout=900 notebooks tests
 
-# make check: three workers on two cores (measured: 183 s against 197 s with two), because most of its slow tests
-# wait on other processes (Ray, subprocesses) rather than compute.
+# make check: three workers on two cores, because some of its slow tests wait on other processes (Ray, subprocesses)
+# rather than compute (measured: 175 s against 186 s with two and 222 s with four: benchmarks/README.md); without
+# the nbmake plugin, whose import (jsonschema's) costs each worker about 3 s.
 check: $(STAMP)
 	$(BIN)/ruff check .
-	$(subst -n 2,-n 3,$(PYTEST)) -m "not e2e" tests
+	$(subst -n 2,-n 3,$(PYTEST)) -p no:nbmake -m "not e2e" tests
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -10,7 +10,6 @@ import sys
 import types
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from course_lib import colab
@@ -20,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Colab's versions (its published package list, 2026-08): installing the course must keep them.
 COLAB_PINS = {"torch": "2.11.0", "ipywidgets": "7.7.1"}
+
+
+@pytest.fixture(scope="module")
+def nbformat():
+    """nbformat, imported only where notebooks are read or written (the import takes about 2 s, in every test worker)."""
+    import nbformat
+
+    return nbformat
 
 
 @pytest.fixture
@@ -130,7 +137,7 @@ def load_script():
     return module
 
 
-def test_the_script_adds_the_badge_once_an_address_is_set_and_removes_it_without(tmp_path):
+def test_the_script_adds_the_badge_once_an_address_is_set_and_removes_it_without(tmp_path, nbformat):
     write_cells = load_script().write_cells
     path = tmp_path / "05_x.ipynb"
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 05 · A title"),
@@ -148,7 +155,7 @@ def test_the_script_adds_the_badge_once_an_address_is_set_and_removes_it_without
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
-def test_every_notebook_has_the_badge_and_setup_cell_from_pyproject(path):
+def test_every_notebook_has_the_badge_and_setup_cell_from_pyproject(path, nbformat):
     url = colab.repository_url(ROOT / "pyproject.toml")
     notebook = nbformat.read(path, as_version=4)
     if url:

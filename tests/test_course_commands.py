@@ -45,7 +45,7 @@ def test_make_course_never_sets_the_quick_setting_and_removes_it_from_the_notebo
 def test_make_test_runs_every_notebook_and_make_check_none() -> None:
     test, check = make_dry_run("test"), make_dry_run("check")
     assert "--nbmake" in test and " notebooks tests" in test and "scripts/test_widgets_77.sh" in test and "--durations" in test
-    assert "nbmake" not in check and "ruff check" in check and "pytest" in check
+    assert "--nbmake" not in check and "notebooks" not in check and "ruff check" in check and "pytest" in check
     assert '-m "not e2e"' in check and "e2e" not in test  # the end-to-end tests run in make test only
 
 
