@@ -5,6 +5,8 @@ proof and the behavioural tests in test_learning.py, and any other test that onl
 model) share one. It is built once per test run, even when pytest-xdist runs tests in several worker
 processes: the first worker builds it under a file lock in the run's shared temporary folder, the
 others wait and then reuse it (the pipeline and the trainer reuse finished work). Read it; never change it.
+Its data (``learning_data``) has a lock of its own, so that a test that trains its own run on the same
+clips (test_learning_finetuned.py) waits only for the data, not for the shared training.
 """
 
 from __future__ import annotations

@@ -253,9 +253,11 @@ def test_an_empty_folder_or_our_own_may_be_replaced(tmp_path):
     (["--min-seconds", "0"], "--min-seconds 0: durations must be above 0 seconds"),
     (["--workers", "0"], "--workers 0: use at least 1 process"),
 ])
-def test_command_line_names_the_value_typed(tmp_path, arguments, message):
-    result = synth_cli("--out", str(tmp_path / "out"), *arguments)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
+def test_command_line_names_the_value_typed(tmp_path, arguments, message, capsys):
+    with pytest.raises(SystemExit) as stopped:  # in this process: test_command_line checks the exit code of a real one
+        synth.main(["--out", str(tmp_path / "out"), *arguments])
+    said = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in said, said
     assert not (tmp_path / "out").exists()
 
 
