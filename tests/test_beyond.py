@@ -1,6 +1,7 @@
 """Notebook 09's options: each changes what it claims and nothing else; the baseline stays the published recipe.
 
-The learning checks with the options on are in tests/test_learning.py (they share the trained tiny profile).
+The learning checks with the options on are in tests/test_learning.py (the options that read cached caption vectors,
+which share the trained tiny profile) and tests/test_learning_finetuned.py (the fine-tuned text encoder).
 """
 
 from __future__ import annotations
