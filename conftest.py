@@ -51,11 +51,12 @@ def _start_order(item: pytest.Item) -> tuple[int, float]:
     """Notebooks first, then the files marked long, the longest first (``pytest.mark.long(seconds)``), then the rest."""
     if item.path.suffix == ".ipynb":
         return 0, 0.0
-    marks = getattr(item.module, "pytestmark", [])  # the module's marks: one, or a list
-    long = [mark for mark in (marks if isinstance(marks, list) else [marks]) if mark.name == "long"]
-    if long and not (len(long[0].args) == 1 and isinstance(long[0].args[0], int | float)):
+    long = item.get_closest_marker("long")  # set on the module, so every test of the file has it
+    if long is None:
+        return 2, 0.0
+    if not (len(long.args) == 1 and isinstance(long.args[0], int | float)):
         raise pytest.UsageError(f"{item.path}: mark a long file pytest.mark.long(seconds), its tests' seconds together, alone")
-    return (1, -long[0].args[0]) if long else (2, 0.0)
+    return 1, -long.args[0]
 
 
 @pytest.hookimpl(tryfirst=True)

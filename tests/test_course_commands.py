@@ -55,8 +55,10 @@ def test_the_suite_starts_with_the_notebooks_then_the_long_files_longest_first_a
     spec.loader.exec_module(hooks)
 
     def item(path: str, *marks):
-        module = types.SimpleNamespace(pytestmark=marks[0] if len(marks) == 1 else list(marks))
-        return types.SimpleNamespace(path=Path(path), module=module, name=f"{path}::{len(marks)}")
+        def closest(name: str):
+            return next((mark.mark for mark in marks if mark.name == name), None)
+
+        return types.SimpleNamespace(path=Path(path), get_closest_marker=closest, name=f"{path}::{len(marks)}")
 
     items = [item("tests/test_a.py"), item("tests/test_train.py", pytest.mark.long(55)), item("tests/test_a.py"),
              item("notebooks/05_training.ipynb"), item("tests/test_b.py", pytest.mark.e2e),
